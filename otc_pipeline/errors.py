@@ -1,0 +1,35 @@
+"""Errors a user can act on. Each message says what failed and what to do.
+
+The CLI prints ``Error: <message>`` and exits with ``exit_code``; nothing else
+in the package prints.
+"""
+
+from __future__ import annotations
+
+
+class OtcError(Exception):
+    """Something failed that the user can act on."""
+
+    exit_code = 1
+
+
+class ConfigError(OtcError):
+    """A setting or option is missing or wrong."""
+
+    exit_code = 2
+
+
+class DatabaseUnreachable(ConfigError):
+    """The database URL does not lead to a database we can open."""
+
+
+class SchemaNotReady(ConfigError):
+    """The database schema is behind head, or is a legacy database not yet adopted."""
+
+
+class SourceError(OtcError):
+    """A source (file or API response) cannot be read as an OTC export."""
+
+
+class LoadLocked(OtcError):
+    """Another load of the same view is running."""

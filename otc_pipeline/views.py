@@ -1,0 +1,88 @@
+"""The OTC views: name, model, key and the map from source fields to columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Table
+
+from .models import Comment, Ticket, Timesheet
+
+
+@dataclass(frozen=True)
+class View:
+    """One OTC view and where its records go."""
+
+    name: str
+    table: Table
+    key: tuple[str, ...]  # column keys (database names) of the upsert key
+    fields: dict[str, str]  # source field name -> column key
+    guid: str  # the OTC API view id
+    source_time_field: str | None = None  # newest value shown as the view's freshness
+    required: tuple[str, ...] = field(default=())  # source fields a record cannot lack
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Column key -> source field name."""
+        return {column: source for source, column in self.fields.items()}
+
+
+def _same_name_fields(table: Table, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    return {c.key: c.key for c in table.columns if c.key not in skip}
+
+
+_TICKETS = Ticket.__table__
+_TIMESHEETS = Timesheet.__table__
+_COMMENTS = Comment.__table__
+assert isinstance(_TICKETS, Table) and isinstance(_TIMESHEETS, Table)
+assert isinstance(_COMMENTS, Table)
+
+TICKETS = View(
+    name="tickets",
+    table=_TICKETS,
+    key=("TKT-Ticket ID",),
+    fields=_same_name_fields(_TICKETS),
+    guid="dc8570af-facd-4799-9cc0-99641d394fce",
+    source_time_field="TKT-Modified Time",
+    required=("TKT-Ticket ID",),
+)
+
+TIMESHEETS = View(
+    name="timesheets",
+    table=_TIMESHEETS,
+    key=("TS-User Username", "TS-Date", "TS-Time From", "TS-Crm ID"),
+    fields=_same_name_fields(_TIMESHEETS, skip=("id",)),
+    guid="1199f2db-1201-4611-b769-c8a941d3a5bf",
+    source_time_field="TS-Date",
+    # "TS-Crm ID" is part of the key but may be blank: NULL is a value like any other.
+    required=("TS-User Username", "TS-Date", "TS-Time From"),
+)
+
+COMMENTS = View(
+    name="comments",
+    table=_COMMENTS,
+    key=("comment_id",),
+    fields={
+        "TKTCT-CommentID": "comment_id",
+        "TKTCT-TicketID": "ticket_id",
+        "TKTCT-Comment": "comment_text",
+        "TKTCT-UserID": "user_id",
+        "TKTCT-Username": "user_name",
+        "TKTCT-OwnerType": "owner_type",
+        "TKTCT-Created Time": "created_time",
+        "TKTCT-VisibleCustomer": "visible_to_customer",
+        "TKTCT-Type": "comment_type",
+        "TKTCT-Team": "team",
+    },
+    guid="c59ca238-8249-48b9-bff9-092fd33ce916",
+    source_time_field="TKTCT-Created Time",
+    required=("TKTCT-CommentID",),
+)
+
+VIEWS: dict[str, View] = {v.name: v for v in (TICKETS, TIMESHEETS, COMMENTS)}
+# `otc load all` order: tickets first, so timesheets and comments find their tickets.
+VIEW_ORDER = ("tickets", "timesheets", "comments")
+
+
+def get_view(name: str) -> View:
+    return VIEWS[name]
