@@ -33,3 +33,11 @@ class SourceError(OtcError):
 
 class LoadLocked(OtcError):
     """Another load of the same view is running."""
+
+
+class ApiError(SourceError):
+    """The OTC API failed, refused the credentials, or answered something that is not a view."""
+
+
+class ApiUnavailable(ApiError):
+    """The OTC API was not called: its circuit breaker is open or the hourly cap is used up."""

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    literal_column,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, foreign, mapped_column, relationship
 
@@ -160,7 +161,8 @@ TIMESHEETS_SQLITE_KEY = (
     _ts["TS-User Username"],
     _ts["TS-Date"],
     _ts["TS-Time From"],
-    func.ifnull(_ts["TS-Crm ID"], ""),
+    # literal_column, not a bound "": the ON CONFLICT target must repeat the index text.
+    func.ifnull(_ts["TS-Crm ID"], literal_column("''")),
 )
 Index("timesheets_unique_entry", *TIMESHEETS_SQLITE_KEY, unique=True).ddl_if(dialect="sqlite")
 

@@ -1,0 +1,35 @@
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+
+Runs on PostgreSQL (schema servicedesk) and SQLite (no schema): pick the schema
+with ``schema_for(op.get_bind())``, and use ``op.batch_alter_table`` for ALTERs
+that SQLite cannot do in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+${imports if imports else ""}
+
+revision: str = ${repr(up_revision)}
+down_revision: str | Sequence[str] | None = ${repr(down_revision)}
+branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
+depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+
+
+def schema_for(bind: sa.engine.Connection) -> str | None:
+    return "servicedesk" if bind.dialect.name == "postgresql" else None
+
+
+def upgrade() -> None:
+    ${upgrades if upgrades else "pass"}
+
+
+def downgrade() -> None:
+    ${downgrades if downgrades else "pass"}

@@ -1,0 +1,307 @@
+"""Raw source record → column values for one view, or a Reject with its reason. No I/O.
+
+Coercions (product.md "Values"): day-first slashed dates; a value with an
+explicit offset is converted to ``OTC_TIMEZONE`` and stored naive; decimal
+comma; yes/no booleans; blank means NULL; text is kept exactly as given.
+Dates repeat a lot in real exports, so parsed values are cached per string.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, tzinfo
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Boolean, DateTime, Integer, Numeric
+
+from .errors import ConfigError
+from .views import View
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+Coercer = Callable[[Any], Any]
+
+
+class CoercionError(ValueError):
+    """A value that cannot be stored in its column; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record that is not loaded: which field, which value, and why."""
+
+    position: int
+    field: str | None
+    value: str | None
+    reason: str
+    record: Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to parse records that carry one particular set of fields."""
+
+    columns: tuple[str, ...]  # column keys this record set fills, in order
+    steps: tuple[tuple[str, Coercer], ...]  # (source field, coercer) per column
+    missing_required: str | None  # a required field the records lack entirely
+    unknown: tuple[str, ...]  # fields of the source this view does not know
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+# --- coercers ---------------------------------------------------------------------------
+
+
+def coerce_text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise CoercionError("contains a NUL character, which the database cannot store")
+        return value  # kept exactly as given: ' PendingAssignment' keeps its space
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # spreadsheets hand codes like 1234 back as 1234.0
+    if isinstance(value, datetime | date | time):
+        return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    raise CoercionError(f"is a {type(value).__name__}, not text")
+
+
+def coerce_integer(value: Any) -> int | None:
+    if _is_blank(value):
+        return None
+    if isinstance(value, bool):
+        raise CoercionError("is a boolean, not a whole number")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float | Decimal):
+        if not math.isfinite(value) or value != int(value):
+            raise CoercionError("is not a whole number")
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                as_decimal = Decimal(text.replace(",", "."))
+            except InvalidOperation:
+                raise CoercionError("is not a whole number") from None
+            if not as_decimal.is_finite() or as_decimal != as_decimal.to_integral_value():
+                raise CoercionError("is not a whole number") from None
+            number = int(as_decimal)
+    else:
+        raise CoercionError(f"is a {type(value).__name__}, not a whole number")
+    if not INT32_MIN <= number <= INT32_MAX:
+        raise CoercionError("is out of range for an INTEGER column")
+    return number
+
+
+def coerce_numeric(value: Any) -> Decimal | None:
+    if _is_blank(value):
+        return None
+    if isinstance(value, bool):
+        raise CoercionError("is a boolean, not a number")
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
+        text = value.strip()
+        if "," in text:
+            if "." in text:
+                raise CoercionError("mixes decimal comma and point")
+            text = text.replace(",", ".")  # decimal comma: "1,5" hours
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            raise CoercionError("is not a number") from None
+    else:
+        raise CoercionError(f"is a {type(value).__name__}, not a number")
+    if not number.is_finite():
+        raise CoercionError("is not a finite number")
+    return number
+
+
+_TRUE = frozenset({"yes", "y", "true", "t", "1"})
+_FALSE = frozenset({"no", "n", "false", "f", "0"})
+
+
+def coerce_boolean(value: Any) -> bool | None:
+    if _is_blank(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float | Decimal) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise CoercionError("is not a yes/no value (Yes, No, Y, N, true, false, 1, 0)")
+
+
+_SLASHED = re.compile(
+    r"^(\d{1,2})/(\d{1,2})/(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?$"
+)
+
+
+class DateTimeCoercer:
+    """Parses OTC's date formats to naive datetimes in the target timezone, with a cache."""
+
+    def __init__(self, timezone: tzinfo) -> None:
+        self.timezone = timezone
+        self._cache: dict[str, datetime] = {}
+
+    def _naive(self, moment: datetime) -> datetime:
+        if moment.tzinfo is not None:
+            return moment.astimezone(self.timezone).replace(tzinfo=None)
+        return moment
+
+    def _parse_text(self, text: str) -> datetime:
+        slashed = _SLASHED.match(text)
+        if slashed:
+            day, month, year, hour, minute, second, fraction = slashed.groups()
+            try:
+                return datetime(
+                    int(year),
+                    int(month),
+                    int(day),
+                    int(hour or 0),
+                    int(minute or 0),
+                    int(second or 0),
+                    int((fraction or "0").ljust(6, "0")),
+                )
+            except ValueError:
+                raise CoercionError("is not a valid day-first date") from None
+        try:
+            # Python 3.11 reads ISO 8601 with 'Z', offsets, a space or a 'T'.
+            return self._naive(datetime.fromisoformat(text))
+        except ValueError:
+            raise CoercionError("is not a date (expected ISO 8601 or DD/MM/YYYY)") from None
+
+    def __call__(self, value: Any) -> datetime | None:
+        if _is_blank(value):
+            return None
+        if isinstance(value, str):
+            text = value.strip()
+            cached = self._cache.get(text)
+            if cached is None:
+                cached = self._parse_text(text)
+                if len(self._cache) > 200_000:  # bound the cache on pathological inputs
+                    self._cache.clear()
+                self._cache[text] = cached
+            return cached
+        if isinstance(value, datetime):
+            return self._naive(value)
+        if isinstance(value, date):
+            return datetime(value.year, value.month, value.day)
+        raise CoercionError(f"is a {type(value).__name__}, not a date")
+
+
+def load_timezone(name: str) -> tzinfo:
+    """The zone values with an offset are converted to (OTC_TIMEZONE)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"OTC_TIMEZONE={name!r} is not a known time zone; use e.g. UTC or Australia/Sydney"
+        ) from None
+
+
+# --- the parser -------------------------------------------------------------------------
+
+
+@dataclass
+class Parser:
+    """Parses raw records of one view; remembers unknown fields for the run's warnings."""
+
+    view: View
+    timezone: tzinfo
+    unknown_fields: set[str] = field(default_factory=set)
+    _plans: dict[tuple[str, ...], Plan] = field(default_factory=dict)
+    _coercers: dict[str, Coercer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        dates = DateTimeCoercer(self.timezone)
+        for column in self.view.table.columns:
+            if isinstance(column.type, DateTime):
+                self._coercers[column.key] = dates
+            elif isinstance(column.type, Boolean):
+                self._coercers[column.key] = coerce_boolean
+            elif isinstance(column.type, Integer):
+                self._coercers[column.key] = coerce_integer
+            elif isinstance(column.type, Numeric):
+                self._coercers[column.key] = coerce_numeric
+            else:
+                self._coercers[column.key] = coerce_text
+
+    def plan_for(self, fields: tuple[str, ...]) -> Plan:
+        plan = self._plans.get(fields)
+        if plan is None:
+            known = [f for f in fields if f in self.view.fields]
+            unknown = tuple(f for f in fields if f not in self.view.fields)
+            missing = next((f for f in self.view.required if f not in fields), None)
+            if missing is None:
+                # Every key column must be in the plan, even where the source may be blank.
+                missing = next(
+                    (
+                        self.view.columns[k]
+                        for k in self.view.key
+                        if self.view.columns[k] not in fields
+                    ),
+                    None,
+                )
+            plan = Plan(
+                columns=tuple(self.view.fields[f] for f in known),
+                steps=tuple((f, self._coercers[self.view.fields[f]]) for f in known),
+                missing_required=missing,
+                unknown=unknown,
+            )
+            self._plans[fields] = plan
+            self.unknown_fields.update(unknown)
+        return plan
+
+    def parse(self, position: int, record: Any) -> tuple[Plan, tuple[Any, ...]] | Reject:
+        """Column values for ``record`` (with the plan naming their columns), or a Reject."""
+        if not isinstance(record, Mapping):
+            return Reject(
+                position, None, _show(record), "record is not an object of fields", record
+            )
+        plan = self.plan_for(tuple(record))
+        if plan.missing_required is not None:
+            return Reject(position, plan.missing_required, None, "key field is missing", record)
+        values = []
+        for source_field, coerce in plan.steps:
+            raw = record[source_field]
+            try:
+                values.append(coerce(raw))
+            except CoercionError as exc:
+                return Reject(position, source_field, _show(raw), f"value {exc}", record)
+        for required in self.view.required:
+            if _is_blank(record[required]):
+                return Reject(
+                    position, required, _show(record[required]), "key field is blank", record
+                )
+        return plan, tuple(values)
+
+
+def _show(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"

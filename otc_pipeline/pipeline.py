@@ -1,0 +1,364 @@
+"""Source → parse → load → run record, for one view or all of them.
+
+One transaction per view. A failure of any stage rolls the view back and
+closes its run as ``failed`` with the reason; `load all` goes on with the next
+view. Nothing here prints: callers get a :class:`RunSummary` per view.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from . import migrate, runs
+from .errors import ConfigError, OtcError, SchemaNotReady, SourceError
+from .load import ViewLoader
+from .parse import Parser, Plan, Reject, load_timezone
+from .settings import timezone_name
+from .views import VIEW_ORDER, VIEWS, View
+
+DEFAULT_CHUNK_SIZE = 5000
+SUFFIXES = (".json", ".csv", ".xlsx")
+
+Source = Path | str | Iterable[Any]
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class RunSummary:
+    """What one load of one view did; `fetched` equals the sum of the five outcomes."""
+
+    view: str
+    run_id: int | None
+    status: str  # success, partial, failed (or "dry-run")
+    source: str
+    fetched: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    duration_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    latest_source_time: datetime | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 committed without rejects, 3 committed with rejects, 1 failed."""
+        if self.status == "failed":
+            return 1
+        return 3 if self.rejected else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `otc load --json` object."""
+        data = asdict(self)
+        for name in ("warnings", "error", "latest_source_time"):
+            data.pop(name)
+        if self.error:
+            data["error"] = self.error
+        if self.warnings:
+            data["warnings"] = self.warnings
+        return data
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the schema on an empty database; refuse one that is behind or not adopted."""
+    state = migrate.state(engine)
+    if state == "empty":
+        migrate.upgrade(engine, "head")
+    elif state == "legacy":
+        raise SchemaNotReady(
+            "this is a legacy servicedesk database that otc-pipeline has not adopted yet; "
+            "run `otc db adopt` first"
+        )
+    elif state == "behind":
+        raise SchemaNotReady(
+            "the database schema is behind this otc-pipeline; run `otc db upgrade`"
+        )
+    elif state != "head":
+        raise SchemaNotReady(
+            "the database schema is newer than this otc-pipeline or unknown; upgrade otc-pipeline"
+        )
+
+
+def describe_source(source: Source) -> str:
+    if isinstance(source, Path):
+        return str(source)
+    if isinstance(source, str):
+        return source
+    return "records"
+
+
+def _records(view: View, source: Source) -> Iterator[tuple[int, Any]]:
+    if isinstance(source, str) and source == "api":
+        from .sources.api import ApiSettings, fetch_view
+
+        yield from fetch_view(view.name, ApiSettings.from_env())
+    elif isinstance(source, str | Path):
+        from .sources.files import read_file
+
+        yield from read_file(Path(source))
+    else:
+        yield from enumerate(source, start=1)
+
+
+def _check_first_record(view: View, parser: Parser, record: Any, source: str) -> None:
+    """Refuse a source whose records cannot be this view's: a missing key column or another view."""
+    if not isinstance(record, dict):
+        return
+    plan = parser.plan_for(tuple(record))
+    if plan.missing_required is None:
+        return
+    fields = set(record)
+    for other in VIEWS.values():
+        if other is not view and set(other.required) <= fields:
+            raise SourceError(
+                f"{source} looks like a {other.name} export, not {view.name}; "
+                f"load it with `otc load {other.name}`"
+            )
+    raise SourceError(
+        f"{source} has no {plan.missing_required!r} field, which every {view.name} record needs; "
+        f"is it a {view.name} export?"
+    )
+
+
+def load_view(
+    engine: Engine,
+    view_name: str,
+    source: Source,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Load one view from ``source`` (a file, "api", or an iterable of records)."""
+    if view_name not in VIEWS:
+        raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEW_ORDER)} or all")
+    if chunk_size < 1:
+        raise ConfigError("--chunk-size must be at least 1")
+    view = VIEWS[view_name]
+    source_text = describe_source(source)
+    timezone = load_timezone(timezone_name())
+    if dry_run:
+        if migrate.state(engine) != "head":
+            raise SchemaNotReady(
+                "--dry-run needs a database at head; run `otc db upgrade` (or adopt) first"
+            )
+        return _run(engine, view, source, source_text, None, chunk_size, True, progress, timezone)
+    ensure_schema(engine)
+    with runs.view_lock(engine, view.name):
+        run_id = runs.open_run(engine, view.name, source_text)
+        return _run(
+            engine, view, source, source_text, run_id, chunk_size, False, progress, timezone
+        )
+
+
+def _run(
+    engine: Engine,
+    view: View,
+    source: Source,
+    source_text: str,
+    run_id: int | None,
+    chunk_size: int,
+    dry_run: bool,
+    progress: Progress | None,
+    timezone: Any,
+) -> RunSummary:
+    started = time.monotonic()
+    summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
+    parser = Parser(view, timezone)
+    loader: ViewLoader | None = None
+    try:
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                loader = ViewLoader(conn, view, run_id)
+                records = _records(view, source)
+                first = True
+                while True:
+                    batch = list(islice(records, chunk_size))
+                    if not batch:
+                        break
+                    if first:
+                        _check_first_record(view, parser, batch[0][1], source_text)
+                        first = False
+                    rows: list[tuple[int, Plan, tuple[Any, ...]]] = []
+                    rejects: list[Reject] = []
+                    for position, record in batch:
+                        parsed = parser.parse(position, record)
+                        if isinstance(parsed, Reject):
+                            rejects.append(parsed)
+                        else:
+                            rows.append((position, parsed[0], parsed[1]))
+                    loader.stage(rows, rejects)
+                    if progress is not None:
+                        progress(view.name, loader.counts.fetched)
+                loader.finish()
+                after_load(conn, view, loader, summary)
+                if dry_run:
+                    transaction.rollback()
+                else:
+                    transaction.commit()
+            except BaseException:
+                transaction.rollback()
+                raise
+    except (Exception, KeyboardInterrupt) as exc:
+        summary.status = "failed"
+        summary.error = _error_text(exc, source_text)
+        if loader is not None:
+            _copy_counts(summary, loader)
+        # Counts of a failed run describe what was read, not what was written.
+        summary.inserted = summary.updated = summary.unchanged = 0
+        summary.duration_s = round(time.monotonic() - started, 3)
+        if run_id is not None:
+            runs.close_run(
+                engine,
+                run_id,
+                status="failed",
+                fetched=summary.fetched,
+                inserted=0,
+                updated=0,
+                unchanged=0,
+                duplicates=summary.duplicates,
+                rejected=summary.rejected,
+                duration_s=summary.duration_s,
+                warnings=summary.warnings,
+                error=summary.error,
+                latest_source_time=None,
+            )
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return summary
+    assert loader is not None
+    _copy_counts(summary, loader)
+    summary.latest_source_time = loader.latest_source_time
+    if parser.unknown_fields:
+        summary.warnings.insert(
+            0, "unknown fields ignored: " + ", ".join(sorted(parser.unknown_fields))
+        )
+    summary.status = "dry-run" if dry_run else ("partial" if summary.rejected else "success")
+    summary.duration_s = round(time.monotonic() - started, 3)
+    if run_id is not None:
+        runs.close_run(
+            engine,
+            run_id,
+            status=summary.status,
+            fetched=summary.fetched,
+            inserted=summary.inserted,
+            updated=summary.updated,
+            unchanged=summary.unchanged,
+            duplicates=summary.duplicates,
+            rejected=summary.rejected,
+            duration_s=summary.duration_s,
+            warnings=summary.warnings,
+            error=None,
+            latest_source_time=summary.latest_source_time,
+        )
+    return summary
+
+
+def after_load(conn: Any, view: View, loader: ViewLoader, summary: RunSummary) -> None:
+    """Work that belongs to a view's load transaction once its rows are merged."""
+    if view.name == "timesheets":
+        try:
+            from . import users
+        except ImportError:  # the analyst layer is optional while it is being built
+            return
+        summary.warnings.extend(users.refresh_from_timesheets(conn))
+
+
+def _copy_counts(summary: RunSummary, loader: ViewLoader) -> None:
+    counts = loader.counts
+    summary.fetched = counts.fetched
+    summary.inserted = counts.inserted
+    summary.updated = counts.updated
+    summary.unchanged = counts.unchanged
+    summary.duplicates = counts.duplicates
+    summary.rejected = counts.rejected
+
+
+def _error_text(exc: BaseException, source_text: str) -> str:
+    if isinstance(exc, OtcError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user"
+    orig = getattr(exc, "orig", None)
+    detail = str(orig if orig is not None else exc).strip().splitlines()
+    first = detail[0] if detail else type(exc).__name__
+    return f"{type(exc).__name__} while loading {source_text}: {first}"
+
+
+def find_view_files(folder: Path) -> dict[str, Path]:
+    """The export file of each view in ``folder`` (tickets.*, timesheets.*, comments.*)."""
+    if not folder.is_dir():
+        raise SourceError(
+            f"{folder} is not a folder; `otc load all --from` takes a folder of exports"
+        )
+    found: dict[str, Path] = {}
+    for name in VIEW_ORDER:
+        candidates = [
+            folder / f"{name}{suffix}"
+            for suffix in SUFFIXES
+            if (folder / f"{name}{suffix}").exists()
+        ]
+        if len(candidates) > 1:
+            raise SourceError(
+                f"{folder} holds {' and '.join(c.name for c in candidates)}; keep one export per view"
+            )
+        if candidates:
+            found[name] = candidates[0]
+    if not found:
+        raise SourceError(
+            f"{folder} holds no tickets.*, timesheets.* or comments.* export (.json, .csv, .xlsx)"
+        )
+    return found
+
+
+def load_all(
+    engine: Engine,
+    source: Path | str,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    between_views: Callable[[], None] | None = None,
+) -> list[RunSummary]:
+    """Load every view from a folder of exports or the API; a failed view does not stop the rest."""
+    if isinstance(source, str) and source == "api":
+        plan: list[tuple[str, Source]] = [(name, "api") for name in VIEW_ORDER]
+    else:
+        plan = list(find_view_files(Path(source)).items())
+    summaries = []
+    for index, (name, view_source) in enumerate(plan):
+        if index and between_views is not None:
+            between_views()
+        try:
+            summaries.append(
+                load_view(
+                    engine,
+                    name,
+                    view_source,
+                    chunk_size=chunk_size,
+                    dry_run=dry_run,
+                    progress=progress,
+                )
+            )
+        except OtcError as exc:
+            summaries.append(
+                RunSummary(
+                    view=name,
+                    run_id=None,
+                    status="failed",
+                    source=describe_source(view_source),
+                    error=str(exc),
+                )
+            )
+    return summaries

@@ -1,0 +1,351 @@
+"""Read OTC exports from files (JSON, CSV, XLSX), one raw record at a time.
+
+Every reader yields ``(source position, raw record)`` and never holds a whole
+export in memory. File-level problems (missing file, unknown suffix, not JSON,
+no header row, a broken CSV quote, truncated JSON) raise
+:class:`~otc_pipeline.errors.SourceError` naming the file; problems with one
+record are left to the parse stage, which rejects that record.
+
+Problems visible at the start of a file are raised when :func:`read_file` is
+called; problems further in (truncation, a broken quote on line 90,000) are
+raised while iterating, so the caller must treat the iteration as fallible and
+roll back.
+
+No database imports here.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import ijson
+
+from ..errors import SourceError
+
+SourceRecord = tuple[int, dict[str, Any]]
+"""(source position, raw record as read).
+
+Positions: JSON = 1-based index of the record in the data array; CSV = physical
+line number where the record starts (the header is line 1); XLSX = spreadsheet
+row number (the header is row 1).
+
+A JSON array item that is not an object is yielded as it is (so the type is a
+promise only for CSV and XLSX): the parse stage rejects it as one bad record
+instead of failing the whole file.
+"""
+
+SUPPORTED_SUFFIXES = (".json", ".csv", ".xlsx")
+
+# Cells that spill past the header in a CSV row (csv.DictReader's restkey idea):
+# kept, not dropped, so the reject or warning can show them.
+EXTRA_CELLS_KEY = "__extra__"
+
+# Long ticket descriptions exceed csv's 128 KiB default; the cap still stops a
+# broken quote from swallowing a 400 MB file into one field before failing.
+_CSV_FIELD_LIMIT = 16 * 1024 * 1024
+
+# The JSON paths the OTC API uses for the record array, outermost envelope first.
+_JSON_ARRAY_PATHS = {"message.data": "message.data.item", "data": "data.item", "": "item"}
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_JSON_WHITESPACE = b" \t\r\n"
+
+
+def read_file(path: Path) -> Iterator[SourceRecord]:
+    """Yield every record of an OTC export file with its source position.
+
+    The reader is chosen by suffix: ``.json``, ``.csv`` or ``.xlsx``. An empty
+    file (no bytes, only whitespace, or only a header row) yields nothing.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise SourceError(
+            f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    _check_readable(path)
+    if path.stat().st_size == 0:
+        # An empty export is a successful load of nothing, whatever its type.
+        return _no_records()
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix == ".csv":
+        return _read_csv(path)
+    return _read_xlsx(path)
+
+
+def read_header(path: Path) -> list[str] | None:
+    """Return the field names in a CSV or XLSX header row; None for JSON or an empty file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise SourceError(
+            f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    _check_readable(path)
+    if suffix == ".csv":
+        with _open_csv(path) as f:
+            reader = csv.reader(f, strict=True)
+            header = _csv_header(path, reader)
+        return header
+    if suffix == ".xlsx":
+        _, header, _ = _open_xlsx(path)
+        return header
+    return None
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise SourceError(f"{path}: file does not exist; check the path")
+    if path.is_dir():
+        raise SourceError(f"{path}: is a folder, not a file; give the export file itself")
+
+
+def _unique_names(cells: list[Any]) -> list[str]:
+    """Header names as strings; blank or repeated names get the column number.
+
+    A blank or repeated header would otherwise lose cells silently (a dict keeps
+    one value per name); a numbered name shows up as an unknown-field warning.
+    """
+    names: list[str] = []
+    seen: set[str] = set()
+    for number, cell in enumerate(cells, 1):
+        if cell is None or cell == "":
+            name = f"(column {number})"
+        elif isinstance(cell, float) and cell.is_integer():
+            name = str(int(cell))  # Excel stores a numeric header 5 as 5.0
+        else:
+            name = str(cell)
+        if name in seen:
+            name = f"{name} (column {number})"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def _json_start(path: Path) -> int | None:
+    """Byte offset of the first JSON token, or None when the file holds no JSON at all."""
+    offset = 0
+    with path.open("rb") as f:
+        head = f.read(3)
+        if head == _UTF8_BOM:
+            offset = 3  # yajl does not accept a byte-order mark
+        else:
+            f.seek(0)
+        while True:
+            chunk = f.read(65536)
+            if not chunk:
+                return None
+            stripped = chunk.lstrip(_JSON_WHITESPACE)
+            if stripped:
+                first = stripped[:1]
+                break
+            offset += len(chunk)
+    offset += len(chunk) - len(stripped)
+    if first not in (b"[", b"{"):
+        if first.isascii() and first.decode().isprintable():
+            shown = f"{first.decode()!r}"
+            hint = "an OTC export is a JSON list or an object holding a 'data' list"
+        else:
+            shown = f"byte 0x{first[0]:02x}"
+            hint = "it looks like a binary file, not JSON"
+        raise SourceError(
+            f"{path}: not an OTC JSON export: it starts with {shown} ({hint}); "
+            "re-export the view as JSON"
+        )
+    return offset
+
+
+def _json_items_prefix(path: Path, start: int) -> str:
+    """The ijson prefix of the record array, read from the first parse events only."""
+    top_keys: list[str] = []
+    with path.open("rb") as f:
+        f.seek(start)
+        try:
+            for prefix, event, value in ijson.parse(f):
+                if event == "start_array" and prefix in _JSON_ARRAY_PATHS:
+                    return _JSON_ARRAY_PATHS[prefix]
+                if prefix == "" and event == "map_key" and len(top_keys) < 10:
+                    top_keys.append(str(value))
+                if prefix == "" and event == "end_map":
+                    break
+        except ijson.JSONError as exc:
+            raise _json_error(path, f, exc) from exc
+    keys = ", ".join(repr(k) for k in top_keys) or "none"
+    raise SourceError(
+        f"{path}: JSON object has no 'message.data' or 'data' list of records "
+        f"(top-level keys: {keys}); expected an OTC export"
+    )
+
+
+def _json_error(path: Path, f: Any, exc: Exception) -> SourceError:
+    try:
+        read, size = f.tell(), path.stat().st_size
+        where = f" after reading {read:,} of {size:,} bytes"
+    except (OSError, ValueError):
+        where = ""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SourceError(
+        f"{path}: JSON is truncated or malformed{where} (ijson: {detail}); "
+        "re-export or download the file again"
+    )
+
+
+def _read_json(path: Path) -> Iterator[SourceRecord]:
+    start = _json_start(path)
+    if start is None:
+        return _no_records()
+    prefix = _json_items_prefix(path, start)
+    return _iter_json(path, start, prefix)
+
+
+def _no_records() -> Iterator[SourceRecord]:
+    return iter(())
+
+
+def _iter_json(path: Path, start: int, prefix: str) -> Iterator[SourceRecord]:
+    # ijson.items builds each record in C; numbers that are not integers arrive
+    # as Decimal, which keeps hours such as 0.1 exact.
+    with path.open("rb") as f:
+        f.seek(start)
+        try:
+            yield from enumerate(ijson.items(f, prefix), 1)
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            raise _json_error(path, f, exc) from exc
+
+
+# --- CSV -------------------------------------------------------------------------------
+
+
+def _open_csv(path: Path) -> Any:
+    # utf-8-sig drops the byte-order mark Excel writes; newline="" lets csv see
+    # line breaks inside quoted fields.
+    return path.open("r", encoding="utf-8-sig", newline="")
+
+
+def _csv_error(path: Path, line: int, exc: Exception) -> SourceError:
+    if isinstance(exc, UnicodeDecodeError):
+        return SourceError(
+            f"{path}: not UTF-8 text near line {line} ({exc.reason}); save the export as CSV UTF-8"
+        )
+    return SourceError(
+        f"{path}: broken CSV in the record starting at line {line} (csv: {exc}); "
+        "check for an unclosed quote there, or re-export the file"
+    )
+
+
+def _csv_header(path: Path, reader: Any) -> list[str] | None:
+    line = 1
+    try:
+        for row in reader:
+            if row:
+                return _unique_names(row)
+            line = reader.line_num + 1
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise _csv_error(path, line, exc) from exc
+    return None
+
+
+def _read_csv(path: Path) -> Iterator[SourceRecord]:
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    header = read_header(path)
+    if header is None:
+        return _no_records()
+    return _iter_csv(path, header)
+
+
+def _iter_csv(path: Path, header: list[str]) -> Iterator[SourceRecord]:
+    width = len(header)
+    with _open_csv(path) as f:
+        # strict: an unclosed quote fails the file instead of silently swallowing
+        # every following line into one field.
+        reader = csv.reader(f, strict=True)
+        start = 1
+        try:
+            for row in reader:
+                start = reader.line_num + 1
+                if row:
+                    break  # the header (blank lines before it are skipped), read already
+            for row in reader:
+                if row:
+                    if len(row) == width:
+                        record: dict[str, Any] = dict(zip(header, row, strict=True))
+                    elif len(row) < width:
+                        # csv.DictReader's restval: cells the row lacks are None.
+                        record = dict(zip(header, row + [None] * (width - len(row)), strict=True))
+                    else:
+                        record = dict(zip(header, row[:width], strict=True))
+                        record[EXTRA_CELLS_KEY] = row[width:]
+                    yield start, record
+                start = reader.line_num + 1
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise _csv_error(path, start, exc) from exc
+
+
+# --- XLSX ------------------------------------------------------------------------------
+
+XlsxCell = int | float | str | bool | datetime | date | time | timedelta | None
+
+
+def _open_xlsx(path: Path) -> tuple[Any, list[str], int]:
+    """Open the first sheet; return it, its header names and the header's row number."""
+    # Imported here: only XLSX loads pay for the Rust extension.
+    import python_calamine
+
+    try:
+        workbook = python_calamine.CalamineWorkbook.from_path(str(path))
+        if not workbook.sheet_names:
+            raise SourceError(f"{path}: workbook has no sheets; re-export the view as XLSX")
+        sheet = workbook.get_sheet_by_index(0)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - calamine raises several unrelated types
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"{path}: cannot be opened as an XLSX workbook ({detail}); "
+            "check it is an .xlsx export and not damaged"
+        ) from exc
+    if sheet.start is None:
+        raise SourceError(
+            f"{path}: the first sheet {sheet.name!r} is empty: no header row of OTC field names"
+        )
+    first_row = sheet.start[0] + 1
+    for offset, cells in enumerate(sheet.iter_rows()):
+        if any(cell != "" for cell in cells):
+            if not any(isinstance(cell, str) and cell.strip() for cell in cells):
+                raise SourceError(
+                    f"{path}: row {first_row + offset} of sheet {sheet.name!r} holds no field "
+                    "names; the first row must be the header of OTC field names"
+                )
+            return sheet, _unique_names(cells), first_row + offset
+    raise SourceError(
+        f"{path}: the first sheet {sheet.name!r} is empty: no header row of OTC field names"
+    )
+
+
+def _read_xlsx(path: Path) -> Iterator[SourceRecord]:
+    sheet, header, header_row = _open_xlsx(path)
+    return _iter_xlsx(sheet, header, header_row)
+
+
+def _iter_xlsx(sheet: Any, header: list[str], header_row: int) -> Iterator[SourceRecord]:
+    # calamine holds the sheet's cells in compact Rust memory and builds Python
+    # objects one row at a time, so Python-side memory stays per-row.
+    row_number = sheet.start[0]
+    for cells in sheet.iter_rows():
+        row_number += 1
+        if row_number <= header_row:
+            continue
+        values: list[XlsxCell] = [None if cell == "" else cell for cell in cells]
+        if all(value is None for value in values):
+            continue  # a blank spreadsheet row is not a record
+        yield row_number, dict(zip(header, values, strict=True))
