@@ -83,9 +83,7 @@ def print_json(obj: Any) -> None:
 
 @app.callback()
 def main(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks on errors.")
-    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Load OTC tickets, timesheets and comments into the servicedesk database."""
     _state["debug"] = debug
@@ -137,7 +135,187 @@ def db_adopt(database_url: DatabaseUrlOption = None) -> None:
 
 
 # --- otc load / status / runs / rejects (pipeline) -------------------------------------
-# (filled in by the load work)
+
+
+def _progress_printer() -> tuple[Any, Callable[[str, int], None]]:
+    """A live "view: N records read" line on stderr (used only on a terminal)."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,} records read"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(view: str, read: int) -> None:
+        if view not in tasks:
+            tasks[view] = progress.add_task(view, total=None)
+        progress.update(tasks[view], completed=read)
+
+    return progress, update
+
+
+def _summary_line(summary: Any) -> str:
+    if summary.status == "failed":
+        return f"{summary.view}: failed — {summary.error}"
+    verb = "would load" if summary.status == "dry-run" else summary.status
+    line = (
+        f"{summary.view}: {verb} — {summary.fetched:,} fetched: {summary.inserted:,} inserted, "
+        f"{summary.updated:,} updated, {summary.unchanged:,} unchanged, "
+        f"{summary.duplicates:,} duplicates, {summary.rejected:,} rejected "
+        f"in {summary.duration_s:.1f} s"
+    )
+    if summary.run_id is not None:
+        line += f" (run {summary.run_id})"
+    return line
+
+
+@app.command("load")
+@handle_errors
+def load(
+    view: Annotated[str, typer.Argument(help="tickets, timesheets, comments or all.")],
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="'api', an export file (.json, .csv, .xlsx) or, for all, a folder "
+            "holding tickets.*, timesheets.*, comments.*.",
+        ),
+    ] = "api",
+    database_url: DatabaseUrlOption = None,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", min=1, help="Rows per upsert chunk.")
+    ] = 5000,
+    as_json: JsonOption = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Parse and validate, report what would change, write nothing."
+        ),
+    ] = False,
+) -> None:
+    """Load a view (or all) into the database: exit 0 loaded, 3 loaded with rejects, 1 failed."""
+    from . import commands
+
+    show_progress = not as_json and sys.stderr.isatty()
+    bar, update = _progress_printer() if show_progress else (None, None)
+    if bar is not None:
+        bar.start()
+    try:
+        summaries = commands.load(
+            database_url, view, source, chunk_size=chunk_size, dry_run=dry_run, progress=update
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    for summary in summaries:
+        if as_json:
+            print_json(summary.as_dict())
+        elif summary.status == "failed":
+            typer.echo(f"Error: {summary.view}: {summary.error}", err=True)
+        else:
+            typer.echo(_summary_line(summary))
+            for warning in summary.warnings:
+                typer.echo(f"  warning: {warning}")
+            if summary.rejected and summary.run_id is not None:
+                typer.echo(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
+    # Worst code wins: failed (1) over rejects (3) over success (0).
+    codes = {s.exit_code for s in summaries}
+    raise typer.Exit(1 if 1 in codes else 3 if 3 in codes else 0)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if hasattr(value, "strftime"):
+        return str(value.strftime("%Y-%m-%d %H:%M"))
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+@app.command("status")
+@handle_errors
+def status(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
+    """Per view: last run, last successful load and its age, rows, orphans, freshness."""
+    from . import commands
+
+    views = commands.status(database_url)
+    if as_json:
+        print_json(views)
+        return
+    for v in views:
+        age = "never loaded" if v["age_hours"] is None else f"{v['age_hours']} h ago"
+        flag = "  STALE" if v["stale"] else ""
+        typer.echo(
+            f"{v['view']:<11} {_fmt(v['rows']):>10} rows  last success {_fmt(v['last_success'])} "
+            f"({age}){flag}"
+        )
+        typer.echo(
+            f"{'':<11} last run {_fmt(v['last_run_id'])}: {_fmt(v['last_status'])}, "
+            f"{_fmt(v['last_run_rejected'])} rejected; orphans {_fmt(v['orphans'])}; "
+            f"newest source time {_fmt(v['latest_source_time'])}"
+        )
+        if v["last_status"] == "failed" and v["last_error"]:
+            typer.echo(f"{'':<11} last error: {v['last_error']}")
+
+
+@app.command("runs")
+@handle_errors
+def runs(
+    view: Annotated[str | None, typer.Option("--view", help="Only this view.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many runs.")] = 20,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The history of loads, newest first."""
+    from . import commands
+
+    history = commands.runs_history(database_url, view, limit)
+    if as_json:
+        print_json(history)
+        return
+    for r in history:
+        typer.echo(
+            f"run {r['run_id']:>5}  {r['view']:<10} {r['status']:<11} {_fmt(r['started'])}  "
+            f"fetched {_fmt(r['fetched'])}  ins {_fmt(r['inserted'])}  upd {_fmt(r['updated'])}  "
+            f"same {_fmt(r['unchanged'])}  dup {_fmt(r['duplicates'])}  rej {_fmt(r['rejected'])}  "
+            f"{r['source'] or ''}"
+        )
+        if r["error"]:
+            typer.echo(f"           error: {r['error']}")
+
+
+@app.command("rejects")
+@handle_errors
+def rejects(
+    run: Annotated[
+        int | None, typer.Option("--run", help="Run id (default: the latest run with rejects).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many rows.")] = 100,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rejected rows of a run: source position, field, value and reason."""
+    from . import commands
+
+    rows = commands.rejects(database_url, run, limit)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no rejected rows")
+    for r in rows:
+        where = f"{r['field']}={r['value']!r}" if r["field"] else "record"
+        typer.echo(
+            f"run {r['run_id']} {r['view']} position {r['position']}: {where}: {r['reason']}"
+        )
+
 
 # --- otc sample -------------------------------------------------------------------------
 # (filled in by the sources work)

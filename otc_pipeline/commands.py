@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from . import migrate
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from . import migrate, pipeline, runs
 from .db import connect_engine
+from .errors import ConfigError, SchemaNotReady, SourceError
+from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
 from .settings import database_setting
+from .views import VIEW_ORDER, VIEWS
 
 
 def db_upgrade(database_url: str | None, revision: str = "head") -> str:
@@ -41,3 +53,215 @@ def db_adopt(database_url: str | None) -> str:
         return migrate.adopt(engine)
     finally:
         engine.dispose()
+
+
+# --- load and its records ----------------------------------------------------------------
+
+
+def load(
+    database_url: str | None,
+    view: str,
+    source: str,
+    *,
+    chunk_size: int,
+    dry_run: bool,
+    progress: pipeline.Progress | None = None,
+) -> list[pipeline.RunSummary]:
+    """Load one view, or all, from a file, a folder of exports, or the OTC API."""
+    if view != "all" and view not in VIEWS:
+        raise ConfigError(f"unknown view {view!r}; use one of {', '.join(VIEW_ORDER)} or all")
+    if source != "api":
+        path = Path(source)
+        if not path.exists():
+            raise SourceError(
+                f"{path} does not exist; give a file (.json, .csv, .xlsx) or a folder"
+            )
+        if view != "all" and path.is_dir():
+            raise ConfigError(
+                f"{path} is a folder; give the {view} export file, or use `otc load all --from {path}`"
+            )
+    engine = connect_engine(database_setting(database_url))
+    try:
+        if view == "all":
+            between: Callable[[], None] | None = None
+            if source == "api":
+                from .sources.api import ApiSettings
+
+                gap = ApiSettings.from_env().view_gap_s
+
+                def between() -> None:
+                    time.sleep(gap)
+
+            return pipeline.load_all(
+                engine,
+                source if source == "api" else Path(source),
+                chunk_size=chunk_size,
+                dry_run=dry_run,
+                progress=progress,
+                between_views=between,
+            )
+        return [
+            pipeline.load_view(
+                engine,
+                view,
+                source if source == "api" else Path(source),
+                chunk_size=chunk_size,
+                dry_run=dry_run,
+                progress=progress,
+            )
+        ]
+    finally:
+        engine.dispose()
+
+
+def _run_dict(run: EtlRun) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "view": run.view_name,
+        "status": run.load_status,
+        "source": run.source,
+        "started": run.load_start,
+        "ended": run.load_end,
+        "duration_s": float(run.load_duration_seconds)
+        if run.load_duration_seconds is not None
+        else None,
+        "fetched": run.records_fetched,
+        "inserted": run.records_inserted,
+        "updated": run.records_updated,
+        "unchanged": run.records_unchanged,
+        "duplicates": run.records_duplicates,
+        "rejected": run.records_rejected,
+        "latest_source_time": run.latest_source_time,
+        "warnings": run.warnings.splitlines() if run.warnings else [],
+        "error": run.error_message,
+    }
+
+
+def _open_at_head(database_url: str | None) -> Engine:
+    engine = connect_engine(database_setting(database_url))
+    state = migrate.state(engine)
+    if state == "empty":
+        engine.dispose()
+        raise SchemaNotReady(
+            "the database is empty; load something first (`otc load all --from DIR`)"
+        )
+    if state != "head":
+        engine.dispose()
+        raise SchemaNotReady(
+            f"the database schema is not at head ({state}); run `otc db upgrade` or `otc db adopt`"
+        )
+    return engine
+
+
+def runs_history(database_url: str | None, view: str | None, limit: int) -> list[dict[str, Any]]:
+    """The latest runs, newest first."""
+    engine = _open_at_head(database_url)
+    try:
+        with Session(engine) as session:
+            query = select(EtlRun).order_by(EtlRun.id.desc()).limit(limit)
+            if view:
+                query = query.where(EtlRun.view_name == view)
+            return [_run_dict(r) for r in session.scalars(query)]
+    finally:
+        engine.dispose()
+
+
+def rejects(database_url: str | None, run_id: int | None, limit: int) -> list[dict[str, Any]]:
+    """Rejected rows of one run (default: the latest run that rejected any)."""
+    engine = _open_at_head(database_url)
+    try:
+        with Session(engine) as session:
+            if run_id is None:
+                run_id = session.scalar(select(func.max(EtlReject.run_id)))
+                if run_id is None:
+                    return []
+            query = (
+                select(EtlReject)
+                .where(EtlReject.run_id == run_id)
+                .order_by(EtlReject.source_position, EtlReject.id)
+                .limit(limit)
+            )
+            return [
+                {
+                    "run_id": r.run_id,
+                    "view": r.view_name,
+                    "position": r.source_position,
+                    "field": r.field,
+                    "value": r.value,
+                    "reason": r.reason,
+                    "record": r.raw_record,
+                }
+                for r in session.scalars(query)
+            ]
+    finally:
+        engine.dispose()
+
+
+STALE_AFTER = timedelta(hours=26)  # a daily cron run plus two hours of slack
+
+
+def status(database_url: str | None) -> list[dict[str, Any]]:
+    """Per view: last run, last successful load and its age, rows, orphans, newest source time."""
+    engine = _open_at_head(database_url)
+    now = runs.utcnow()
+    result = []
+    try:
+        with Session(engine) as session:
+            for name in VIEW_ORDER:
+                view = VIEWS[name]
+                last = session.scalars(
+                    select(EtlRun)
+                    .where(EtlRun.view_name == name)
+                    .order_by(EtlRun.id.desc())
+                    .limit(1)
+                ).first()
+                good = session.scalars(
+                    select(EtlRun)
+                    .where(EtlRun.view_name == name, EtlRun.load_status.in_(("success", "partial")))
+                    .order_by(EtlRun.id.desc())
+                    .limit(1)
+                ).first()
+                newest = session.scalar(
+                    select(func.max(EtlRun.latest_source_time)).where(
+                        EtlRun.view_name == name, EtlRun.load_status.in_(("success", "partial"))
+                    )
+                )
+                rows = session.scalar(select(func.count()).select_from(view.table)) or 0
+                last_success = good.load_end if good else None
+                age = (now - last_success) if last_success else None
+                result.append(
+                    {
+                        "view": name,
+                        "rows": rows,
+                        "orphans": _orphans(session, name),
+                        "last_run_id": last.id if last else None,
+                        "last_status": last.load_status if last else None,
+                        "last_run_rejected": last.records_rejected if last else None,
+                        "last_error": last.error_message if last else None,
+                        "last_success": last_success,
+                        "age_hours": round(age.total_seconds() / 3600, 1) if age else None,
+                        "stale": age is None or age > STALE_AFTER,
+                        "latest_source_time": newest,
+                    }
+                )
+    finally:
+        engine.dispose()
+    return result
+
+
+def _orphans(session: Session, view_name: str) -> int | None:
+    """Rows whose ticket is not in tickets (None for tickets itself)."""
+    if view_name == "timesheets":
+        ref = Timesheet.crm_id
+    elif view_name == "comments":
+        ref = Comment.ticket_id
+    else:
+        return None
+    exists_ticket = select(Ticket.ticket_id).where(Ticket.ticket_id == ref).exists()
+    table = Timesheet if view_name == "timesheets" else Comment
+    return int(
+        session.scalar(
+            select(func.count()).select_from(table).where(ref.is_not(None), ~exists_ticket)
+        )
+        or 0
+    )

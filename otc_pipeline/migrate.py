@@ -16,7 +16,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, func, inspect, select, text
+from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, Engine
 
 from . import models
@@ -264,16 +265,14 @@ def _add_etl_metadata_id(conn: Connection) -> None:
     )
     rebuilt.create(conn)
     names = [c.name for c in old.columns]
-    conn.execute(
-        rebuilt.insert().from_select(names, select(*old.columns).order_by(text("rowid")))
-    )
+    conn.execute(rebuilt.insert().from_select(names, select(*old.columns).order_by(text("rowid"))))
     conn.exec_driver_sql('DROP TABLE "etl_metadata"')
     conn.exec_driver_sql('ALTER TABLE "_etl_metadata_adopt" RENAME TO "etl_metadata"')
 
 
 def _create_missing_legacy_indexes(conn: Connection) -> list[str]:
     """Legacy indexes someone dropped by hand come back (reports rely on their speed)."""
-    created = []
+    created: list[str] = []
     inspector = inspect(conn)
     for name in LEGACY_TABLES:
         table = models.Base.metadata.tables[f"{models.SCHEMA}.{name}"]
@@ -285,8 +284,9 @@ def _create_missing_legacy_indexes(conn: Connection) -> list[str]:
     return created
 
 
-def _count(conn: Connection, table: str) -> int:
-    return int(conn.exec_driver_sql(f"SELECT count(*) FROM {_qualified(conn, table)}").scalar() or 0)  # noqa: S608
+def _count(conn: Connection, name: str) -> int:
+    rows = select(func.count()).select_from(table_clause(name, schema=schema_name(conn)))
+    return int(conn.execute(rows).scalar() or 0)
 
 
 def adopt(engine: Engine) -> str:
@@ -305,8 +305,7 @@ def adopt(engine: Engine) -> str:
         with engine.connect() as conn:
             revision = _revision_text(conn)
         return (
-            f"already managed by Alembic (revision {revision}, behind head): "
-            "run `otc db upgrade`"
+            f"already managed by Alembic (revision {revision}, behind head): run `otc db upgrade`"
         )
     if current == "ahead/unknown":
         raise SchemaNotReady(
