@@ -321,7 +321,28 @@ def rejects(
 # (filled in by the sources work)
 
 # --- otc api ----------------------------------------------------------------------------
-# (filled in by the API work)
+
+api_app = typer.Typer(help="Check the OTC API settings and connection.", no_args_is_help=True)
+app.add_typer(api_app, name="api")
+
+
+@api_app.command("check")
+@handle_errors
+def api_check(
+    ping: Annotated[
+        bool,
+        typer.Option(
+            "--ping",
+            help="Also make one paced request (the comments view), counting records "
+            "without loading them.",
+        ),
+    ] = False,
+) -> None:
+    """Show the OTC API settings, limits and circuit breaker; --ping calls the API once."""
+    from .sources import api
+
+    for line in api.api_check(api.ApiSettings.from_env(), ping=ping):
+        typer.echo(line)
 
 # --- otc users --------------------------------------------------------------------------
 # (filled in by the analyst-layer work)

@@ -322,7 +322,8 @@ def _record_fetch(settings: ApiSettings, state_file: _StateFile, error: str | No
             breaker.update(failures=0, open_until=None, last_error=None)
             return
         failures = int(breaker.get("failures") or 0) + 1
-        breaker.update(failures=failures, last_error=error[:300])
+        # Only "what failed": the advice part belongs to the original error.
+        breaker.update(failures=failures, last_error=error.split("; ")[0][:200])
         if failures >= settings.breaker_failures:
             breaker["open_until"] = time.time() + settings.breaker_cooldown_s
 
@@ -444,7 +445,7 @@ class _Body:
         self._pending.append(chunk)
         try:
             self._sniffer.send(chunk)
-        except ijson.JSONError as exc:
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
             raise ApiError(self._malformed(exc)) from None
         for prefix, event, _value in self._events:
             if event == "start_array" and prefix in _ENVELOPE_PREFIXES:
@@ -459,7 +460,7 @@ class _Body:
     def _send(self, chunk: bytes) -> None:
         try:
             self._parser.send(chunk)
-        except ijson.JSONError as exc:
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
             raise ApiError(self._malformed(exc)) from None
 
     def _finish(self) -> None:
@@ -489,7 +490,7 @@ class _Body:
         text = self._excerpt.decode("utf-8", "replace").replace("\n", " ").strip()
         return text + ("…" if len(self._excerpt) >= _EXCERPT_CHARS else "")
 
-    def _malformed(self, exc: ijson.JSONError) -> str:
+    def _malformed(self, exc: Exception) -> str:
         return (
             f"the OTC API answered malformed JSON ({_first_line(exc)}); nothing of the view "
             "is loaded, try again later and report it to the OTC team if it persists"

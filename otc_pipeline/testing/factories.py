@@ -62,7 +62,7 @@ __all__ = [
 
 TICKET_ID_BASE = 4_200_000
 ORPHAN_TICKET_ID_BASE = 3_900_000
-COMMENT_ID_BASE = 8_100_000
+COMMENT_ID_BASE = 9_300_000
 
 # The literal the OTC API uses for "nobody yet", leading space included.
 PENDING_ASSIGNMENT = " PendingAssignment"
@@ -371,14 +371,15 @@ class CommentFactory(_OtcFactory):
 
     class Params:
         person = factory.LazyFunction(lambda: _rng.choice(STAFF))
-        ticket = factory.SubFactory(TicketFactory)
-        orphaned = factory.Trait(
-            ticket=None, ticket_id=factory.Sequence(lambda n: ORPHAN_TICKET_ID_BASE + n)
-        )
+        orphaned = False
+        # A Trait cannot switch a SubFactory off, so orphans choose before it runs.
+        ticket = factory.Maybe("orphaned", None, factory.SubFactory(TicketFactory))
 
     comment_id = factory.Sequence(lambda n: COMMENT_ID_BASE + n)
-    ticket_id = factory.LazyAttribute(
-        lambda o: o.ticket.ticket_id if o.ticket is not None else None
+    ticket_id = factory.Maybe(
+        "orphaned",
+        factory.Sequence(lambda n: ORPHAN_TICKET_ID_BASE + n),
+        factory.LazyAttribute(lambda o: o.ticket.ticket_id if o.ticket is not None else None),
     )
     comment_text = factory.LazyFunction(lambda: _rng.choice(_COMMENTS))
     user_name = factory.LazyAttribute(lambda o: short_username(o.person[0]))

@@ -1,0 +1,177 @@
+"""Every coercion and reject reason of parse.py (no database needed)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+
+from otc_pipeline.errors import ConfigError
+from otc_pipeline.parse import Parser, Reject, load_timezone
+from otc_pipeline.views import COMMENTS, TICKETS, TIMESHEETS
+
+
+def ts(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "TS-User Username": "djewell",
+        "TS-Date": "2026-01-05",
+        "TS-Time From": "09:15",
+        "TS-Crm ID": "1001",
+    }
+    base.update(fields)
+    return base
+
+
+def parse_one(record: object, view=TIMESHEETS, tz: str = "UTC"):  # type: ignore[no-untyped-def]
+    parser = Parser(view, load_timezone(tz))
+    result = parser.parse(7, record)
+    if isinstance(result, Reject):
+        return result
+    plan, values = result
+    return dict(zip(plan.columns, values, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-05T10:30:00", datetime(2026, 1, 5, 10, 30)),
+        ("2026-01-05T10:30:00Z", datetime(2026, 1, 5, 10, 30)),
+        ("2026-01-05 10:30:00", datetime(2026, 1, 5, 10, 30)),
+        ("2026-01-05T10:30:00+10:00", datetime(2026, 1, 5, 0, 30)),
+        ("05/01/2026", datetime(2026, 1, 5)),
+        ("05/01/2026 10:30", datetime(2026, 1, 5, 10, 30)),
+        ("5/1/2026 7:05:09", datetime(2026, 1, 5, 7, 5, 9)),
+        ("2026-01-05", datetime(2026, 1, 5)),
+    ],
+)
+def test_dates_day_first_and_offsets_to_utc(text: str, expected: datetime) -> None:
+    assert parse_one(ts(**{"TS-Modified Time": text}))["TS-Modified Time"] == expected
+
+
+def test_offsets_convert_to_otc_timezone() -> None:
+    row = parse_one(ts(**{"TS-Modified Time": "2026-01-05T00:30:00Z"}), tz="Australia/Sydney")
+    assert row["TS-Modified Time"] == datetime(2026, 1, 5, 11, 30)  # AEDT is UTC+11
+    # A value without an offset is already local: kept as it is.
+    row = parse_one(ts(**{"TS-Modified Time": "2026-01-05 00:30"}), tz="Australia/Sydney")
+    assert row["TS-Modified Time"] == datetime(2026, 1, 5, 0, 30)
+
+
+def test_unknown_timezone_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="OTC_TIMEZONE"):
+        load_timezone("Mars/Olympus")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1,5", Decimal("1.5")), ("0.25", Decimal("0.25")), (2, Decimal(2)), (1.75, Decimal("1.75"))],
+)
+def test_hours_accept_decimal_comma(raw: object, expected: Decimal) -> None:
+    assert parse_one(ts(**{"TS-Hours": raw}))["TS-Hours"] == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Yes", True),
+        ("No", False),
+        ("Y", True),
+        ("n", False),
+        ("true", True),
+        ("1", True),
+        ("0", False),
+        (True, True),
+        (0, False),
+        ("", None),
+    ],
+)
+def test_yes_no_booleans(raw: object, expected: bool | None) -> None:
+    assert parse_one(ts(**{"TS-Billable": raw}))["TS-Billable"] is expected
+
+
+def test_blank_is_null_and_text_is_kept_as_given() -> None:
+    row = parse_one(
+        {
+            "TKT-Ticket ID": "42",
+            "TKT-Assigned To User": " PendingAssignment",
+            "TKT-Title": "",
+            "TKT-Closure Date": "  ",
+            "TKT-Account Id": None,
+        },
+        view=TICKETS,
+    )
+    assert row["TKT-Assigned To User"] == " PendingAssignment"
+    assert row["TKT-Title"] is None
+    assert row["TKT-Closure Date"] is None
+    assert row["TKT-Account Id"] is None
+    assert row["TKT-Ticket ID"] == 42
+
+
+def test_spreadsheet_numbers() -> None:
+    row = parse_one(
+        {"TKT-Ticket ID": 42.0, "TKT-SLA": 8.0, "TKT-Created Time": datetime(2026, 1, 1)},
+        view=TICKETS,
+    )
+    assert row == {"TKT-Ticket ID": 42, "TKT-SLA": "8", "TKT-Created Time": datetime(2026, 1, 1)}
+
+
+def test_comment_fields_map_to_legacy_columns() -> None:
+    row = parse_one(
+        {"TKTCT-CommentID": "9", "TKTCT-TicketID": "42", "TKTCT-Username": "djewell"}, view=COMMENTS
+    )
+    assert row == {"comment_id": 9, "ticket_id": 42, "user_name": "djewell"}
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "reason"),
+    [
+        ({"TS-Date": "not a date"}, "TS-Date", "value is not a date"),
+        ({"TS-Date": "31/02/2026"}, "TS-Date", "value is not a valid day-first date"),
+        ({"TS-Hours": "abc"}, "TS-Hours", "value is not a number"),
+        ({"TS-Hours": "1,5.0"}, "TS-Hours", "value mixes decimal comma and point"),
+        ({"TS-Hours": "NaN"}, "TS-Hours", "value is not a finite number"),
+        ({"TS-Crm ID": "12.5"}, "TS-Crm ID", "value is not a whole number"),
+        ({"TS-Crm ID": "x1"}, "TS-Crm ID", "value is not a whole number"),
+        ({"TS-Crm ID": "99999999999"}, "TS-Crm ID", "value is out of range for an INTEGER column"),
+        ({"TS-Billable": "maybe"}, "TS-Billable", "value is not a yes/no value"),
+        ({"TS-Notes": "a\x00b"}, "TS-Notes", "value contains a NUL character"),
+        ({"TS-User Username": ""}, "TS-User Username", "key field is blank"),
+        ({"TS-Time From": None}, "TS-Time From", "key field is blank"),
+    ],
+)
+def test_reject_reasons_name_field_and_value(
+    record: dict[str, object], field: str, reason: str
+) -> None:
+    result = parse_one(ts(**record))
+    assert isinstance(result, Reject)
+    assert result.field == field
+    assert result.reason.startswith(reason)
+    assert result.position == 7
+
+
+def test_missing_key_field_is_rejected() -> None:
+    record = ts()
+    del record["TS-Date"]
+    result = parse_one(record)
+    assert isinstance(result, Reject)
+    assert (result.field, result.reason) == ("TS-Date", "key field is missing")
+
+
+def test_missing_crm_field_is_rejected_but_blank_crm_is_null() -> None:
+    record = ts()
+    del record["TS-Crm ID"]
+    assert isinstance(parse_one(record), Reject)
+    assert parse_one(ts(**{"TS-Crm ID": ""}))["TS-Crm ID"] is None
+
+
+def test_non_object_record_is_rejected() -> None:
+    result = parse_one(["not", "an", "object"])
+    assert isinstance(result, Reject)
+    assert result.reason == "record is not an object of fields"
+
+
+def test_unknown_fields_are_collected_once() -> None:
+    parser = Parser(TIMESHEETS, load_timezone("UTC"))
+    for i in range(3):
+        parser.parse(i, ts(**{"TS-Legacy Flag": "x", "Other": 1}))
+    assert parser.unknown_fields == {"TS-Legacy Flag", "Other"}
