@@ -318,7 +318,40 @@ def rejects(
 
 
 # --- otc sample -------------------------------------------------------------------------
-# (filled in by the sources work)
+
+
+@app.command("sample")
+@handle_errors
+def sample(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
+    tickets: Annotated[int, typer.Option("--tickets", min=0, help="Ticket rows.")] = 2000,
+    timesheets: Annotated[int, typer.Option("--timesheets", min=0, help="Timesheet rows.")] = 10000,
+    comments: Annotated[int, typer.Option("--comments", min=0, help="Comment rows.")] = 5000,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="File format: json, csv or xlsx.", case_sensitive=False),
+    ] = "json",
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same files.")] = 1,
+) -> None:
+    """Write realistic synthetic OTC exports (tickets, timesheets, comments) into DIRECTORY."""
+    from .errors import ConfigError
+    from .sample import FORMATS, write_sample
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    counts = {"tickets": tickets, "timesheets": timesheets, "comments": comments}
+    written = write_sample(
+        directory,
+        tickets=tickets,
+        timesheets=timesheets,
+        comments=comments,
+        fmt=fmt,  # narrowed to SampleFormat by the check above
+        seed=seed,
+    )
+    for view, path in written.items():
+        typer.echo(f"{path}: {counts[view]:,} {view}")
+
 
 # --- otc api ----------------------------------------------------------------------------
 
@@ -345,7 +378,63 @@ def api_check(
         typer.echo(line)
 
 # --- otc users --------------------------------------------------------------------------
-# (filled in by the analyst-layer work)
+
+users_app = typer.Typer(
+    help="user_lookup: short username <-> full name, filled from timesheets.",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("list")
+@handle_errors
+def users_list(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
+    """Every user_lookup row: short username, full name, team, source."""
+    from . import commands
+
+    rows = commands.users_list(database_url)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("user_lookup is empty; load timesheets or run `otc users refresh`")
+    for r in rows:
+        typer.echo(
+            f"{r['short_username']:<16} {r['full_name']:<32} {r['team'] or '-':<24} "
+            f"{r['source'] or '-'}"
+        )
+
+
+@users_app.command("conflicts")
+@handle_errors
+def users_conflicts(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
+    """Names seen with more than one partner; user_lookup leaves them as they were."""
+    from . import commands
+    from .users import describe_conflict
+
+    found = commands.users_conflicts(database_url)
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        typer.echo("no conflicts")
+    for conflict in found:
+        typer.echo(describe_conflict(conflict))
+
+
+@users_app.command("refresh")
+@handle_errors
+def users_refresh(database_url: DatabaseUrlOption = None) -> None:
+    """Fill user_lookup from timesheet name pairs (manual rows are never changed)."""
+    from . import commands
+
+    result = commands.users_refresh(database_url)
+    typer.echo(
+        f"user_lookup: {result['added']:,} added, {result['adopted']:,} adopted from other "
+        f"automatic sources, {result['conflicts']:,} conflicts left as they were"
+    )
+    for warning in result["warnings"]:
+        typer.echo(f"  warning: {warning}")
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

@@ -265,3 +265,43 @@ def _orphans(session: Session, view_name: str) -> int | None:
         )
         or 0
     )
+
+
+# --- users (user_lookup) -----------------------------------------------------------------
+
+
+def users_list(database_url: str | None) -> list[dict[str, Any]]:
+    """Every user_lookup row, by short username."""
+    from . import users
+
+    engine = _open_at_head(database_url)
+    try:
+        with engine.connect() as conn:
+            return users.list_users(conn)
+    finally:
+        engine.dispose()
+
+
+def users_conflicts(database_url: str | None) -> list[dict[str, Any]]:
+    """Short names with several full names (and the reverse), left as they were."""
+    from . import users
+
+    engine = _open_at_head(database_url)
+    try:
+        with engine.connect() as conn:
+            return users.conflicts(conn)
+    finally:
+        engine.dispose()
+
+
+def users_refresh(database_url: str | None) -> dict[str, Any]:
+    """Fill user_lookup from timesheets in one transaction: added, adopted, conflicts, warnings."""
+    from . import users
+
+    engine = _open_at_head(database_url)
+    try:
+        # A timesheets load refreshes user_lookup too: never both at once.
+        with runs.view_lock(engine, "timesheets"), engine.begin() as conn:
+            return users.refresh(conn)
+    finally:
+        engine.dispose()

@@ -17,19 +17,19 @@ How a load moves rows (one transaction, owned by the caller):
 
 from __future__ import annotations
 
+import csv
 import io
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Index,
     Integer,
     MetaData,
     Table,
@@ -94,7 +94,8 @@ class ViewLoader:
     def _create_stage(self) -> Table:
         name = f"otc_stage_{self.view.name}"
         columns = [
-            Column(POSITION, BigInteger, primary_key=True),
+            # No key or index while rows stream in (cheaper COPY); finish() indexes it.
+            Column(POSITION, BigInteger, nullable=False),
             Column(COLUMN_SET, Integer, nullable=False),
         ]
         for column in self.view.table.columns:
@@ -125,49 +126,46 @@ class ViewLoader:
             self._store_rejects(rejects)
         if not rows:
             return
-        chunk = _StagedChunk(first=rows[0][0], last=rows[-1][0])
-        stage_columns = [c.key for c in self._stage.columns][2:]
-        index_of = {key: i for i, key in enumerate(stage_columns)}
-        width = len(stage_columns)
-        full_rows: list[list[Any]] = []
-        plans_seen: dict[int, tuple[int, list[int]]] = {}
+        # Records of one source nearly always share one set of fields; group by it so each
+        # group travels with exactly its own columns.
+        groups: dict[int, tuple[Plan, list[tuple[Any, ...]]]] = {}
         for position, plan, values in rows:
-            mapped = plans_seen.get(id(plan))
-            if mapped is None:
-                set_id = self._column_set_id(plan.columns)
-                mapped = (set_id, [index_of[c] for c in plan.columns])
-                plans_seen[id(plan)] = mapped
-                chunk.column_sets.add(set_id)
-            set_id, slots = mapped
-            row: list[Any] = [position, set_id] + [None] * width
-            for slot, value in zip(slots, values, strict=True):
-                row[slot + 2] = value
-            full_rows.append(row)
-        chunk.first = min(r[0] for r in full_rows)
-        chunk.last = max(r[0] for r in full_rows)
-        if self.dialect == "postgresql":
-            self._copy_rows(full_rows)
-        else:
-            keys = [c.key for c in self._stage.columns]
-            self.conn.execute(
-                insert(self._stage), [dict(zip(keys, r, strict=True)) for r in full_rows]
-            )
+            group = groups.get(id(plan))
+            if group is None:
+                group = groups[id(plan)] = (plan, [])
+            group[1].append((position, *values))
+        chunk = _StagedChunk(first=min(r[0] for r in rows), last=max(r[0] for r in rows))
+        for plan, group_rows in groups.values():
+            set_id = self._column_set_id(plan.columns)
+            chunk.column_sets.add(set_id)
+            names = [POSITION, *plan.columns]
+            if self.dialect == "postgresql":
+                self._copy_rows(names, set_id, group_rows)
+            else:
+                self.conn.execute(
+                    insert(self._stage),
+                    [{COLUMN_SET: set_id, **dict(zip(names, r, strict=True))} for r in group_rows],
+                )
         self._chunks.append(chunk)
 
-    def _copy_rows(self, rows: list[list[Any]]) -> None:
+    def _copy_rows(self, names: list[str], set_id: int, rows: list[tuple[Any, ...]]) -> None:
+        """COPY rows into the stage in CSV form, which the csv module writes in C.
+
+        In CSV COPY an unquoted empty field is NULL. Parse never yields an empty
+        string (blank means NULL), so None written as empty is exactly NULL; other
+        values print as PostgreSQL reads them (True, 2026-01-05 09:15:00, 1.5).
+        """
         buffer = io.StringIO()
-        write = buffer.write
-        for row in rows:
-            write("\t".join([_copy_value(v) for v in row]))
-            write("\n")
+        csv.writer(buffer, lineterminator="\n").writerows((set_id, *row) for row in rows)
         buffer.seek(0)
         dbapi = self.conn.connection.dbapi_connection
         assert dbapi is not None
-        columns = ", ".join(
-            self.conn.dialect.identifier_preparer.quote(c.key) for c in self._stage.columns
-        )
+        quote = self.conn.dialect.identifier_preparer.quote
+        columns = ", ".join(quote(name) for name in [COLUMN_SET, *names])
         with dbapi.cursor() as cursor:
-            cursor.copy_expert(f"COPY {self._stage.name} ({columns}) FROM STDIN", buffer)
+            cursor.copy_expert(
+                f"COPY {self._stage.name} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer
+            )
 
     def _store_rejects(self, rejects: Sequence[Reject]) -> None:
         self.counts.rejected += len(rejects)
@@ -195,6 +193,7 @@ class ViewLoader:
         """Drop in-load duplicates (the last occurrence wins), then merge chunk by chunk."""
         if not self._chunks:
             return self.counts
+        Index(f"{self._stage.name}_position", self._stage.c[POSITION]).create(self.conn)
         self.counts.duplicates = self._drop_duplicates()
         time_field = self.view.source_time_field
         if time_field is not None:
@@ -340,28 +339,3 @@ def _key_match(target: Table, stage: Table, key: Sequence[str]) -> Any:
     for k in key:
         clause = clause & target.c[k].is_not_distinct_from(stage.c[k])
     return clause
-
-
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
-
-
-def _copy_value(value: Any) -> str:
-    """One value in PostgreSQL COPY text format."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        if _COPY_SPECIAL.search(value):
-            return (
-                value.replace("\\", "\\\\")
-                .replace("\t", "\\t")
-                .replace("\n", "\\n")
-                .replace("\r", "\\r")
-            )
-        return value
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, int | Decimal):
-        return str(value)
-    return str(value)

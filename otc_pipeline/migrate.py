@@ -261,7 +261,7 @@ def _add_etl_metadata_id(conn: Connection) -> None:
         "_etl_metadata_adopt",
         MetaData(),
         Column("id", Integer, primary_key=True),
-        *(Column(c.name, c.type) for c in old.columns),
+        *(Column(c.name, c.type, nullable=c.nullable) for c in old.columns),
     )
     rebuilt.create(conn)
     names = [c.name for c in old.columns]

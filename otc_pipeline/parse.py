@@ -23,6 +23,8 @@ from .errors import ConfigError
 from .views import View
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+CACHE_LIMIT = 200_000  # parsed strings remembered per column
+_MISSING = object()
 
 Coercer = Callable[[Any], Any]
 
@@ -47,9 +49,11 @@ class Plan:
     """How to parse records that carry one particular set of fields."""
 
     columns: tuple[str, ...]  # column keys this record set fills, in order
-    steps: tuple[tuple[str, Coercer], ...]  # (source field, coercer) per column
+    # (source field, coercer, cache of parsed strings or None for text) per column
+    steps: tuple[tuple[str, Coercer, dict[str, Any] | None], ...]
     missing_required: str | None  # a required field the records lack entirely
     unknown: tuple[str, ...]  # fields of the source this view does not know
+    required_slots: tuple[int, ...] = ()  # positions in `columns` that must not be NULL
 
 
 def _is_blank(value: Any) -> bool:
@@ -161,11 +165,10 @@ _SLASHED = re.compile(
 
 
 class DateTimeCoercer:
-    """Parses OTC's date formats to naive datetimes in the target timezone, with a cache."""
+    """Parses OTC's date formats to naive datetimes in the target timezone."""
 
     def __init__(self, timezone: tzinfo) -> None:
         self.timezone = timezone
-        self._cache: dict[str, datetime] = {}
 
     def _naive(self, moment: datetime) -> datetime:
         if moment.tzinfo is not None:
@@ -198,14 +201,7 @@ class DateTimeCoercer:
         if _is_blank(value):
             return None
         if isinstance(value, str):
-            text = value.strip()
-            cached = self._cache.get(text)
-            if cached is None:
-                cached = self._parse_text(text)
-                if len(self._cache) > 200_000:  # bound the cache on pathological inputs
-                    self._cache.clear()
-                self._cache[text] = cached
-            return cached
+            return self._parse_text(value.strip())
         if isinstance(value, datetime):
             return self._naive(value)
         if isinstance(value, date):
@@ -235,6 +231,7 @@ class Parser:
     unknown_fields: set[str] = field(default_factory=set)
     _plans: dict[tuple[str, ...], Plan] = field(default_factory=dict)
     _coercers: dict[str, Coercer] = field(default_factory=dict)
+    _caches: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         dates = DateTimeCoercer(self.timezone)
@@ -249,6 +246,7 @@ class Parser:
                 self._coercers[column.key] = coerce_numeric
             else:
                 self._coercers[column.key] = coerce_text
+            self._caches[column.key] = None if self._coercers[column.key] is coerce_text else {}
 
     def plan_for(self, fields: tuple[str, ...]) -> Plan:
         plan = self._plans.get(fields)
@@ -268,9 +266,13 @@ class Parser:
                 )
             plan = Plan(
                 columns=tuple(self.view.fields[f] for f in known),
-                steps=tuple((f, self._coercers[self.view.fields[f]]) for f in known),
+                steps=tuple(
+                    (f, self._coercers[self.view.fields[f]], self._caches[self.view.fields[f]])
+                    for f in known
+                ),
                 missing_required=missing,
                 unknown=unknown,
+                required_slots=tuple(i for i, f in enumerate(known) if f in self.view.required),
             )
             self._plans[fields] = plan
             self.unknown_fields.update(unknown)
@@ -285,17 +287,37 @@ class Parser:
         plan = self.plan_for(tuple(record))
         if plan.missing_required is not None:
             return Reject(position, plan.missing_required, None, "key field is missing", record)
-        values = []
-        for source_field, coerce in plan.steps:
+        values: list[Any] = []
+        append = values.append
+        # The hot loop: text is taken as given, other strings are looked up in their
+        # column's cache first (exports repeat dates, hours and flags endlessly).
+        for source_field, coerce, cache in plan.steps:
             raw = record[source_field]
+            if raw.__class__ is str:
+                if cache is None:
+                    if "\x00" not in raw:
+                        append(raw or None)
+                        continue
+                else:
+                    hit = cache.get(raw, _MISSING)
+                    if hit is not _MISSING:
+                        append(hit)
+                        continue
+            elif raw is None:
+                append(None)
+                continue
             try:
-                values.append(coerce(raw))
+                value = coerce(raw)
             except CoercionError as exc:
                 return Reject(position, source_field, _show(raw), f"value {exc}", record)
-        for required in self.view.required:
-            if _is_blank(record[required]):
+            if cache is not None and raw.__class__ is str and len(cache) < CACHE_LIMIT:
+                cache[raw] = value
+            append(value)
+        for index in plan.required_slots:
+            if values[index] is None:
+                field_name = plan.steps[index][0]
                 return Reject(
-                    position, required, _show(record[required]), "key field is blank", record
+                    position, field_name, _show(record[field_name]), "key field is blank", record
                 )
         return plan, tuple(values)
 

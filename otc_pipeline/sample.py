@@ -316,7 +316,8 @@ def _ticket_rows(
             "TKT-Resolution/Change Type": rng.choice(_RESOLUTION_TYPES) if done else "",
             "TKT-Ticket Source": rng.choice(_TICKET_SOURCES),
         }
-        if bad_share and rng.random() < bad_share:
+        # The first row stays valid: loaders recognise a file's view by its first record.
+        if bad_share and i and rng.random() < bad_share:
             _break(rng, row, "TKT-Ticket ID", "TKT-Created Time", "TKT-Assigned To Userid")
         yield row
 
@@ -343,7 +344,7 @@ def _timesheet_rows(
     day_strings = [_day_formats(day) for day in days]
     recent_keys: list[tuple[int, Any, int, Any]] = []
     unique = 0
-    for _ in range(count):
+    for i in range(count):
         if recent_keys and rng.random() < DUPLICATE_SHARE:
             # The same entry exported twice (the legacy table's duplicates).
             user_index, date_value, start, crm = rng.choice(recent_keys)
@@ -403,7 +404,8 @@ def _timesheet_rows(
         }
         if rng.random() < 0.02:
             row[UNKNOWN_TIMESHEET_FIELD] = "Y" if rng.random() < 0.5 else "N"
-        if bad_share and rng.random() < bad_share:
+        # The first row stays valid: loaders recognise a file's view by its first record.
+        if bad_share and i and rng.random() < bad_share:
             _break(rng, row, "TS-User Username", "TS-Date", "TS-Hours")
         yield row
 
@@ -434,7 +436,8 @@ def _comment_rows(
             "TKTCT-Type": _COMMENT_TYPES[int(rng.random() * len(_COMMENT_TYPES))],
             "TKTCT-Team": team,
         }
-        if bad_share and rng.random() < bad_share:
+        # The first row stays valid: loaders recognise a file's view by its first record.
+        if bad_share and i and rng.random() < bad_share:
             _break(rng, row, "TKTCT-CommentID", "TKTCT-Created Time", "TKTCT-TicketID")
         yield row
 

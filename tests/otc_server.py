@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import socket
 import struct
@@ -151,7 +152,9 @@ class Reply:
     delay_s: float = 0.0  # wait before sending anything
     # Fault in the middle of the view's body, after this many records were sent:
     cut_after: int | None = None
-    cut: str = ""  # "reset" (RST), "close" (clean end: truncated JSON), "short" (Content-Length lies)
+    cut: str = (
+        ""  # "reset" (RST), "close" (clean end: truncated JSON), "short" (Content-Length lies)
+    )
     hold: threading.Event | None = None  # wait for this after `cut_after` records, then go on
 
 
@@ -243,19 +246,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._start(reply, 10**9 if reply.cut == "short" else None)
         head, tail = ENVELOPES[reply.envelope or otc.envelope]
         self.wfile.write(head)
+        remaining = iter(otc.records(view or "comments"))
         sent = 0
-        for record in records if False else otc.records(view or "comments"):
-            if sent == reply.cut_after:
+        while sent < reply.cut_after:
+            record = next(remaining, None)
+            if record is None:
                 break
             self.wfile.write((b", " if sent else b"") + json.dumps(record).encode())
             sent += 1
         if reply.hold is not None:
+            # The streaming test: the client must see records before the rest is sent.
             reply.hold.wait(timeout=10)
-            for record in otc.records(view or "comments"):
-                pass
-            rest = list(otc.records(view or "comments"))[sent:]
-            for record in rest:
-                self.wfile.write(b", " + json.dumps(record).encode())
+            for record in remaining:
+                self.wfile.write((b", " if sent else b"") + json.dumps(record).encode())
+                sent += 1
             self.wfile.write(tail)
             return
         if reply.cut == "reset":
@@ -389,10 +393,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--password", default="s3cret-pw")
     args = parser.parse_args(argv)
     counts = {"timesheets": args.timesheets, "tickets": args.tickets, "comments": args.comments}
-    makers = {"timesheets": timesheet_records, "tickets": ticket_records}
-    makers["comments"] = comment_records
+    makers = {
+        "timesheets": timesheet_records,
+        "tickets": ticket_records,
+        "comments": comment_records,
+    }
     views: dict[str, RecordSource] = {
-        name: (lambda make=makers[name], n=count: make(n)) for name, count in counts.items()
+        name: functools.partial(makers[name], count) for name, count in counts.items()
     }
     server = OtcServer(views, envelope=args.envelope, user=args.user, password=args.password)
     server.start(args.port)

@@ -99,6 +99,9 @@ def test_identical_reload_rewrites_nothing(engine: Engine, dialect: str) -> None
     assert counts(pipeline.load_view(engine, "tickets", records)) == (0, 0, 50, 0, 0)
     with engine.connect() as conn:
         assert conn.execute(query).all() == before
+        # Text is kept as given, leading space and all, through COPY and executemany alike.
+        assignees = set(conn.scalars(select(Ticket.assigned_to_user)))
+    assert assignees == {" PendingAssignment"}
 
 
 def test_in_file_duplicates_last_one_wins_across_chunks(engine: Engine) -> None:

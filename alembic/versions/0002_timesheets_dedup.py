@@ -85,8 +85,17 @@ def sqlite_rebuild_timesheets(with_id: bool) -> None:
     order (rowid on the way up, id on the way down), so ids follow the legacy
     order and a downgrade restores it.
     """
-    extra = [sa.Column("id", sa.Integer, primary_key=True)] if with_id else []
-    op.create_table("_timesheets_rebuild", *extra, *timesheet_columns())
+    if with_id:
+        # AUTOINCREMENT: new ids never reuse an archived row's id, so a downgrade can
+        # always put the archived rows back under their own ids.
+        op.create_table(
+            "_timesheets_rebuild",
+            sa.Column("id", sa.Integer, primary_key=True),
+            *timesheet_columns(),
+            sqlite_autoincrement=True,
+        )
+    else:
+        op.create_table("_timesheets_rebuild", *timesheet_columns())
     old = lightweight("timesheets", None, "rowid", "id", *COLUMN_NAMES)
     new = lightweight("_timesheets_rebuild", None, "id", *COLUMN_NAMES)
     order = old.c.rowid if with_id else old.c.id

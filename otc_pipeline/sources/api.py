@@ -32,7 +32,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +46,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .. import __version__
@@ -82,7 +83,7 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "otc-pipeline"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ApiSettings:
     """How to reach the OTC API and how gently to treat it (all from OTC_API_* variables)."""
 
@@ -120,6 +121,17 @@ class ApiSettings:
             breaker_cooldown_s=_number(env, "OTC_API_BREAKER_COOLDOWN_S", 600.0, minimum=0),
             state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(env),
         )
+
+    def __repr__(self) -> str:
+        # The password is never shown, not even when written into the base URL.
+        shown = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name not in ("base_url", "password")
+        }
+        fields = ", ".join(f"{name}={value!r}" for name, value in shown.items())
+        password = "'***'" if self.password else "None"
+        return f"ApiSettings(base_url={self.masked_base_url!r}, password={password}, {fields})"
 
     @property
     def masked_base_url(self) -> str:
@@ -600,15 +612,14 @@ def _attempt(
 
 
 def _backoff_wait(settings: ApiSettings) -> Any:
-    backoff = wait_exponential_jitter(
-        initial=settings.backoff_s,
-        max=settings.backoff_max_s,
-        exp_base=2,
-        jitter=settings.backoff_s / 2,
-    )
+    # OTC_API_BACKOFF_S, doubling, plus up to half of it as jitter so that several
+    # cron jobs hit by the same outage do not come back in step.
+    backoff = wait_exponential(
+        multiplier=settings.backoff_s, max=settings.backoff_max_s, exp_base=2
+    ) + wait_random(0, settings.backoff_s / 2)
 
     def wait(retry_state: RetryCallState) -> float:
-        seconds = float(backoff(retry_state))
+        seconds = min(float(backoff(retry_state)), settings.backoff_max_s)
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, _Transient) and exc.retry_after is not None:
@@ -665,7 +676,7 @@ class FetchStats:
 
 def fetch_view(
     view_name: str, settings: ApiSettings, stats: FetchStats | None = None
-) -> Iterator[SourceRecord]:
+) -> Generator[SourceRecord, None, None]:
     """Yield ``(position, record)`` for every record of the view, as the body arrives.
 
     Raises ConfigError at once for an unknown view or missing credentials. While
@@ -681,7 +692,7 @@ def fetch_view(
 
 def _fetch(
     view_name: str, guid: str, settings: ApiSettings, stats: FetchStats
-) -> Iterator[SourceRecord]:
+) -> Generator[SourceRecord, None, None]:
     state_file = _StateFile(settings.state_dir)
     client = httpx.Client(
         auth=(settings.user or "", settings.password or ""),

@@ -6,6 +6,8 @@ no header row, a broken CSV quote, truncated JSON) raise
 :class:`~otc_pipeline.errors.SourceError` naming the file; problems with one
 record are left to the parse stage, which rejects that record.
 
+A CSV or XLSX row whose cells are all blank is not a record and is skipped.
+
 Problems visible at the start of a file are raised when :func:`read_file` is
 called; problems further in (truncation, a broken quote on line 90,000) are
 raised while iterating, so the caller must treat the iteration as fallible and
@@ -247,7 +249,7 @@ def _csv_header(path: Path, reader: Any) -> list[str] | None:
     line = 1
     try:
         for row in reader:
-            if row:
+            if row and "".join(row).strip():
                 return _unique_names(row)
             line = reader.line_num + 1
     except (csv.Error, UnicodeDecodeError) as exc:
@@ -273,10 +275,10 @@ def _iter_csv(path: Path, header: list[str]) -> Iterator[SourceRecord]:
         try:
             for row in reader:
                 start = reader.line_num + 1
-                if row:
-                    break  # the header (blank lines before it are skipped), read already
+                if row and "".join(row).strip():
+                    break  # the header, already read by read_header; blank lines precede it
             for row in reader:
-                if row:
+                if row and "".join(row).strip():
                     if len(row) == width:
                         record: dict[str, Any] = dict(zip(header, row, strict=True))
                     elif len(row) < width:
@@ -318,7 +320,9 @@ def _open_xlsx(path: Path) -> tuple[Any, list[str], int]:
         raise SourceError(
             f"{path}: the first sheet {sheet.name!r} is empty: no header row of OTC field names"
         )
-    first_row = sheet.start[0] + 1
+    # iter_rows starts at the sheet's first row even when the data starts lower
+    # (it trims empty columns, not rows), so row numbers count from 1.
+    first_row = 1
     for offset, cells in enumerate(sheet.iter_rows()):
         if any(cell != "" for cell in cells):
             if not any(isinstance(cell, str) and cell.strip() for cell in cells):
@@ -340,7 +344,7 @@ def _read_xlsx(path: Path) -> Iterator[SourceRecord]:
 def _iter_xlsx(sheet: Any, header: list[str], header_row: int) -> Iterator[SourceRecord]:
     # calamine holds the sheet's cells in compact Rust memory and builds Python
     # objects one row at a time, so Python-side memory stays per-row.
-    row_number = sheet.start[0]
+    row_number = 0  # see _open_xlsx: iter_rows begins at spreadsheet row 1
     for cells in sheet.iter_rows():
         row_number += 1
         if row_number <= header_row:

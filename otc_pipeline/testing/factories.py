@@ -221,7 +221,7 @@ def _is_closed(o: Any) -> bool:
     return o.status in CLOSED_STATUSES
 
 
-class _OtcFactory(SQLAlchemyModelFactory):  # type: ignore[misc]
+class _OtcFactory(SQLAlchemyModelFactory):
     class Meta:
         abstract = True
         # Looked up on every create, so each test's rows go to its own session;
@@ -256,9 +256,11 @@ class TicketFactory(_OtcFactory):
     team = factory.LazyAttribute(lambda o: o.assignee[1])
     assigned_to_user = factory.LazyAttribute(_assignee)
     assigned_to_userid = factory.LazyAttribute(
-        lambda o: None
-        if o.assigned_to_user in (None, PENDING_ASSIGNMENT)
-        else _user_id(o.assigned_to_user)
+        lambda o: (
+            None
+            if o.assigned_to_user in (None, PENDING_ASSIGNMENT)
+            else _user_id(o.assigned_to_user)
+        )
     )
     created_time = factory.LazyFunction(lambda: _recent(120))
     modified_time = factory.LazyAttribute(
@@ -284,7 +286,7 @@ class TicketFactory(_OtcFactory):
     closure_date = factory.LazyAttribute(lambda o: o.modified_time if _is_closed(o) else None)
     sla = factory.LazyAttribute(lambda o: f"{_SLA_HOURS.get(o.severity, 24)} Hours")
     sla_met = factory.LazyAttribute(
-        lambda o: (_rng.choice(("Yes", "Yes", "Yes", "No")) if _is_closed(o) else None)
+        lambda o: _rng.choice(("Yes", "Yes", "Yes", "No")) if _is_closed(o) else None
     )
     response_met = factory.LazyFunction(lambda: _rng.choice(("Yes", "Yes", "No")))
     resolution_met = factory.LazyAttribute(lambda o: o.sla_met)
@@ -293,12 +295,16 @@ class TicketFactory(_OtcFactory):
         lambda o: "Resolved and confirmed with the customer." if _is_closed(o) else None
     )
     root_cause_category = factory.LazyAttribute(
-        lambda o: _rng.choice(("Hardware", "Software", "Configuration", "User Error"))
-        if _is_closed(o)
-        else None
+        lambda o: (
+            _rng.choice(("Hardware", "Software", "Configuration", "User Error"))
+            if _is_closed(o)
+            else None
+        )
     )
     resolution_change_type = None
-    ticket_source = factory.LazyFunction(lambda: _rng.choice(("Email", "Portal", "Phone", "Monitoring")))
+    ticket_source = factory.LazyFunction(
+        lambda: _rng.choice(("Email", "Portal", "Phone", "Monitoring"))
+    )
 
     @factory.post_generation
     def with_timesheets(obj: Ticket, create: bool, extracted: int | None, **kwargs: Any) -> None:
@@ -341,18 +347,24 @@ class TimesheetFactory(_OtcFactory):
     crm_id = factory.LazyAttribute(lambda o: o.ticket.ticket_id if o.ticket is not None else None)
     category = factory.LazyAttribute(lambda o: "Internal" if o.crm_id is None else "Support")
     sub_category = factory.LazyAttribute(
-        lambda o: _rng.choice(_INTERNAL_WORK)
-        if o.crm_id is None
-        else _rng.choice(("Incident Response", "Change Implementation", "Service Request"))
+        lambda o: (
+            _rng.choice(_INTERNAL_WORK)
+            if o.crm_id is None
+            else _rng.choice(("Incident Response", "Change Implementation", "Service Request"))
+        )
     )
-    type = factory.LazyFunction(lambda: _rng.choices(("Normal", "Overtime", "On Call"), (85, 10, 5))[0])
+    type = factory.LazyFunction(
+        lambda: _rng.choices(("Normal", "Overtime", "On Call"), (85, 10, 5))[0]
+    )
     description = factory.LazyAttribute(
         lambda o: f"Worked on: {o.ticket.title}" if o.ticket is not None else o.sub_category
     )
     account_name = factory.LazyAttribute(
-        lambda o: o.ticket.account_name
-        if o.ticket is not None
-        else ("Orro Internal" if o.crm_id is None else _rng.choice(ACCOUNTS)[0])
+        lambda o: (
+            o.ticket.account_name
+            if o.ticket is not None
+            else ("Orro Internal" if o.crm_id is None else _rng.choice(ACCOUNTS)[0])
+        )
     )
     ticket_project_master_code = factory.LazyAttribute(
         lambda o: None if o.crm_id is None else f"TKT{o.crm_id}"
@@ -386,8 +398,10 @@ class CommentFactory(_OtcFactory):
     user_id = factory.LazyAttribute(lambda o: str(_user_id(o.person[0])))
     owner_type = factory.LazyFunction(lambda: _rng.choices(("Agent", "Contact"), (85, 15))[0])
     created_time = factory.LazyAttribute(
-        lambda o: (o.ticket.created_time if o.ticket is not None else _recent(30))
-        + timedelta(minutes=_rng.randrange(5, 2_000))
+        lambda o: (
+            (o.ticket.created_time if o.ticket is not None else _recent(30))
+            + timedelta(minutes=_rng.randrange(5, 2_000))
+        )
     )
     visible_to_customer = factory.LazyFunction(lambda: _rng.choice(("Yes", "No")))
     comment_type = factory.LazyAttribute(
@@ -430,8 +444,10 @@ class UserLookupFactory(_OtcFactory):
     full_name = factory.Sequence(_lookup_full_name)
     short_username = factory.LazyAttribute(lambda o: short_username(o.full_name))
     email = factory.LazyAttribute(
-        lambda o: ".".join(o.full_name.lower().split()[:1] + o.full_name.lower().split()[-1:])
-        + "@example.com"
+        lambda o: (
+            ".".join(o.full_name.lower().split()[:1] + o.full_name.lower().split()[-1:])
+            + "@example.com"
+        )
     )
     team = factory.LazyFunction(lambda: _rng.choice(TEAMS))
     source = "auto_timesheet"
@@ -470,11 +486,13 @@ class EtlRunFactory(_OtcFactory):
     records_rejected = 0
     records_errors = factory.LazyAttribute(lambda o: o.records_rejected)
     records_fetched = factory.LazyAttribute(
-        lambda o: o.records_inserted
-        + o.records_updated
-        + o.records_unchanged
-        + o.records_duplicates
-        + o.records_rejected
+        lambda o: (
+            o.records_inserted
+            + o.records_updated
+            + o.records_unchanged
+            + o.records_duplicates
+            + o.records_rejected
+        )
     )
     load_start = factory.LazyFunction(lambda: _recent(7))
     load_end = factory.LazyAttribute(lambda o: o.load_start + timedelta(seconds=o.duration))
@@ -500,7 +518,9 @@ class EtlRejectFactory(_OtcFactory):
         run = factory.SubFactory(EtlRunFactory, partial=True)
 
     run_id = factory.LazyAttribute(lambda o: o.run.id if o.run is not None else None)
-    view_name = factory.LazyAttribute(lambda o: o.run.view_name if o.run is not None else "timesheets")
+    view_name = factory.LazyAttribute(
+        lambda o: o.run.view_name if o.run is not None else "timesheets"
+    )
     source_position = factory.Sequence(lambda n: n + 2)  # row 1 is the header
     field = factory.LazyAttribute(lambda o: _REJECTS.get(o.view_name, _REJECTS["timesheets"])[0])
     value = factory.LazyAttribute(lambda o: _REJECTS.get(o.view_name, _REJECTS["timesheets"])[1])

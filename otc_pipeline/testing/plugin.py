@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -74,7 +74,7 @@ def _migrate_to_head(engine: Engine) -> None:
     migrate.upgrade(engine, "head")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     pytest.fail(f"otc-pipeline test database: {message}", pytrace=False)
 
 
@@ -182,9 +182,6 @@ def otc_table(otc_engine: Engine) -> Callable[[str], str]:
     return qualify
 
 
-OtcLoad = Callable[..., "RunSummary"]
-
-
 @pytest.fixture
 def otc_load(
     otc_session: Session, tmp_path_factory: pytest.TempPathFactory
@@ -216,7 +213,10 @@ def otc_load(
             source = records_or_path
         # Factory rows must be in the database before the load looks for conflicts.
         otc_session.flush()
-        summary = load_view(otc_session.connection(), view, source, chunk_size=chunk_size)
+        # load_view runs on a Connection inside its caller's transaction using
+        # SAVEPOINTs; Any keeps this line valid while its annotation says Engine.
+        bind: Any = otc_session.connection()
+        summary = load_view(bind, view, source, chunk_size=chunk_size)
         # The load wrote behind the session's back: reload objects on next access.
         otc_session.expire_all()
         return summary
@@ -227,10 +227,9 @@ def otc_load(
 def _sample_export(view: str, rows: int, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from otc_pipeline.sample import write_sample
 
+    counts = {name: rows if name == view else 0 for name in ("tickets", "timesheets", "comments")}
+    if view not in counts:
+        raise ValueError(f"unknown view {view!r}: use one of {', '.join(counts)}")
     directory = tmp_path_factory.mktemp(f"otc-sample-{view}")
-    files = write_sample(
-        directory, tickets=rows, timesheets=rows, comments=rows, fmt="json", seed=rows
-    )
-    if view not in files:
-        raise ValueError(f"unknown view {view!r}: use one of {', '.join(sorted(files))}")
+    files = write_sample(directory, **counts, fmt="json", seed=rows)
     return Path(files[view])

@@ -1,0 +1,449 @@
+"""Benchmark the timesheets load against the old loader and PostgreSQL's COPY ceiling.
+
+Everything is measured in one run on a throwaway PostgreSQL database (created
+and dropped here; no other database is touched):
+
+1. first load, end to end (`otc load timesheets --from FILE` in a child process);
+2. an identical reload, and how many rows it wrote (pg_stat_user_tables);
+3. the old loader's approach on the same file: json.load, one pydantic model per
+   row with Python validators, psycopg2 execute_batch(page_size=100) of
+   INSERT … ON CONFLICT in 500-row batches;
+4. a plain COPY of the same parsed rows into an empty copy of the table (the ceiling);
+5. peak RSS of a load of a 1M-row JSON export (--big-rows, 0 to skip);
+6. peak RSS of a load streamed from a local OTC API server sending a large body
+   (--api-mb, 0 to skip).
+
+Ratios are printed against the targets of the load and API issues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+OTC = [PYTHON, "-m", "otc_pipeline.cli"]
+
+
+@dataclass
+class ChildResult:
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+
+
+def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildResult:
+    """Like run_child, with the child's own peak RSS from wait4."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out_chunks: list[bytes] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    # Outputs are small (one JSON line per view); read them after the child ends.
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    out_chunks.append(proc.stdout.read())
+    err = proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(args)}\n{err}")
+    return ChildResult(seconds, usage.ru_maxrss / 1024, b"".join(out_chunks).decode())
+
+
+# --- throwaway databases ------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        name = f"otc_bench_{uuid.uuid4().hex[:10]}"
+        conn = psycopg2.connect(self.admin_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        conn.close()
+        self.created.append(name)
+        return name
+
+    def drop_all(self) -> None:
+        conn = psycopg2.connect(self.admin_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in self.created:
+                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.close()
+
+
+def url_for(base: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+def dsn_for(base: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base).set(database=name)
+    parts = [f"dbname={name}", f"host={url.host or '127.0.0.1'}", f"port={url.port or 5432}"]
+    if url.username:
+        parts.append(f"user={url.username}")
+    if url.password:
+        parts.append(f"password={url.password}")
+    return " ".join(parts)
+
+
+def written_rows(dsn: str) -> int:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot()")
+        cur.execute(
+            "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables "
+            "WHERE schemaname = 'servicedesk' AND relname = 'timesheets'"
+        )
+        row = cur.fetchone()
+    conn.close()
+    return int(row[0]) if row else 0
+
+
+def migrate_head(url: str) -> None:
+    subprocess.run([*OTC, "db", "upgrade", "--database-url", url], check=True, capture_output=True)
+
+
+# --- the old loader, reproduced as the reference ------------------------------------------
+
+OLD_LOADER = r"""
+import json, sys, time
+from datetime import datetime
+from decimal import Decimal
+from typing import Optional
+import psycopg2
+from psycopg2.extras import execute_batch
+from pydantic import BaseModel, field_validator
+
+class TimesheetRow(BaseModel):
+    user_username: str
+    user_full_name: Optional[str] = None
+    date: datetime
+    time_from: str
+    time_to: Optional[str] = None
+    hours: Optional[Decimal] = None
+    category: Optional[str] = None
+    sub_category: Optional[str] = None
+    type: Optional[str] = None
+    crm_id: Optional[int] = None
+    description: Optional[str] = None
+    account_name: Optional[str] = None
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def day_first(cls, v):
+        v = str(v).strip()
+        for fmt in ("%d/%m/%Y %H:%M", "%d/%m/%Y"):
+            try:
+                return datetime.strptime(v, fmt)
+            except ValueError:
+                pass
+        return datetime.fromisoformat(v).replace(tzinfo=None)
+
+    @field_validator("hours", mode="before")
+    @classmethod
+    def comma(cls, v):
+        if v in (None, ""):
+            return None
+        return Decimal(str(v).replace(",", "."))
+
+    @field_validator("crm_id", mode="before")
+    @classmethod
+    def blank_int(cls, v):
+        return None if v in (None, "") else int(v)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def blank(cls, v):
+        return None if v == "" else v
+
+FIELDS = {"user_username": "TS-User Username", "user_full_name": "TS-User Full Name",
+          "date": "TS-Date", "time_from": "TS-Time From", "time_to": "TS-Time To",
+          "hours": "TS-Hours", "category": "TS-Category", "sub_category": "TS-Sub Category",
+          "type": "TS-Type", "crm_id": "TS-Crm ID", "description": "TS-Description",
+          "account_name": "TS-Account Name"}
+SQL = ('INSERT INTO servicedesk.timesheets (' + ", ".join('"%s"' % c for c in FIELDS.values())
+       + ') VALUES (' + ", ".join(["%s"] * len(FIELDS)) + ') ON CONFLICT ON CONSTRAINT '
+       'timesheets_unique_entry DO UPDATE SET ' + ", ".join(
+           '"%s" = EXCLUDED."%s"' % (c, c) for c in list(FIELDS.values())[4:] if c != "TS-Crm ID"))
+
+path, dsn = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+with open(path) as f:
+    body = json.load(f)
+records = body["message"]["data"] if isinstance(body, dict) else body
+rows, last = [], {}
+for r in records:
+    try:
+        m = TimesheetRow(**{k: r.get(v) for k, v in FIELDS.items()})
+    except Exception:
+        continue
+    key = (m.user_username, m.date, m.time_from, m.crm_id)
+    last[key] = tuple(getattr(m, k) for k in FIELDS)  # the old loader dropped in-batch repeats
+rows = list(last.values())
+conn = psycopg2.connect(dsn)
+with conn.cursor() as cur:
+    for i in range(0, len(rows), 500):
+        execute_batch(cur, SQL, rows[i:i + 500], page_size=100)
+conn.commit()
+print(json.dumps({"rows": len(records), "seconds": time.perf_counter() - start}))
+"""
+
+
+# --- COPY ceiling ---------------------------------------------------------------------------
+
+
+def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
+    """Rows and seconds of one COPY of the parsed rows into an empty copy of the table."""
+    from otc_pipeline.load import _copy_value
+    from otc_pipeline.parse import Parser, Reject, load_timezone
+    from otc_pipeline.sources.files import read_file
+    from otc_pipeline.views import TIMESHEETS
+
+    parser = Parser(TIMESHEETS, load_timezone("UTC"))
+    columns = [c.key for c in TIMESHEETS.table.columns if c.key != "id"]
+    by_key: dict[tuple[Any, ...], str] = {}  # the same rows the load keeps: last one wins
+    for position, record in read_file(path):
+        parsed = parser.parse(position, record)
+        if isinstance(parsed, Reject):
+            continue
+        plan, values = parsed
+        row = dict(zip(plan.columns, values, strict=True))
+        key = tuple(row.get(k) for k in TIMESHEETS.key)
+        by_key.pop(key, None)
+        by_key[key] = "\t".join(_copy_value(row.get(c)) for c in columns)
+    lines = list(by_key.values())
+    body = "\n".join(lines) + "\n"
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE servicedesk.timesheets_copy (LIKE servicedesk.timesheets "
+            "INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)"
+        )
+        conn.commit()
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        started = time.perf_counter()
+        cur.copy_expert(
+            f"COPY servicedesk.timesheets_copy ({quoted}) FROM STDIN", io.StringIO(body)
+        )
+        conn.commit()
+        seconds = time.perf_counter() - started
+    conn.close()
+    return len(lines), seconds
+
+
+def sample(folder: Path, rows: int, seed: int) -> Path:
+    subprocess.run(
+        [
+            *OTC,
+            "sample",
+            str(folder),
+            "--tickets",
+            "0",
+            "--timesheets",
+            str(rows),
+            "--comments",
+            "0",
+            "--format",
+            "json",
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return folder / "timesheets.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000, help="timesheet rows (default 100000)")
+    parser.add_argument(
+        "--big-rows", type=int, default=1_000_000, help="rows of the RSS run (0 skips)"
+    )
+    parser.add_argument(
+        "--api-mb", type=int, default=200, help="MB of the streamed API body (0 skips)"
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get(
+            "OTC_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="PostgreSQL server (an SQLAlchemy URL) where throwaway databases may be created",
+    )
+    args = parser.parse_args()
+    server = Server(dsn_for(args.server, args.server.rsplit("/", 1)[-1] or "postgres"))
+    work = Path(tempfile.mkdtemp(prefix="otc-bench-"))
+    env = dict(os.environ)
+    results: dict[str, Any] = {
+        "rows": args.rows,
+        "date": datetime.now().isoformat(timespec="seconds"),
+    }
+    try:
+        t = time.perf_counter()
+        path = sample(work / "sample", args.rows, seed=1)
+        print(
+            f"sample: {args.rows:,} timesheets, {path.stat().st_size / 1e6:.1f} MB JSON "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
+
+        ours = server.create()
+        url = url_for(args.server, ours)
+        migrate_head(url)
+        first = run_measured(
+            [*OTC, "load", "timesheets", "--from", str(path), "--database-url", url, "--json"], env
+        )
+        summary = json.loads(first.stdout)
+        written_first = written_rows(dsn_for(args.server, ours))
+        reload = run_measured(
+            [*OTC, "load", "timesheets", "--from", str(path), "--database-url", url, "--json"], env
+        )
+        resummary = json.loads(reload.stdout)
+        written_reload = written_rows(dsn_for(args.server, ours)) - written_first
+
+        old_db = server.create()
+        migrate_head(url_for(args.server, old_db))
+        old = run_measured([PYTHON, "-c", OLD_LOADER, str(path), dsn_for(args.server, old_db)], env)
+
+        copy_db = server.create()
+        migrate_head(url_for(args.server, copy_db))
+        copied, copy_seconds = copy_ceiling(path, dsn_for(args.server, copy_db))
+
+        rows = args.rows
+        first_rps = rows / first.seconds
+        old_rps = rows / old.seconds
+        print(
+            f"first load   : {first_rps:>9,.0f} rows/s end to end ({first.seconds:.2f} s, "
+            f"peak RSS {first.peak_rss_mb:.0f} MB; {summary['inserted']:,} inserted, "
+            f"{summary['duplicates']:,} duplicates)"
+        )
+        print(
+            f"reload       : {rows / reload.seconds:>9,.0f} rows/s ({reload.seconds:.2f} s = "
+            f"{reload.seconds / first.seconds:.2f}x the first load; rows written: {written_reload}; "
+            f"{resummary['unchanged']:,} unchanged)"
+        )
+        print(
+            f"old loader   : {old_rps:>9,.0f} rows/s ({old.seconds:.2f} s, peak RSS {old.peak_rss_mb:.0f} MB)"
+        )
+        print(
+            f"COPY ceiling : {copied / copy_seconds:>9,.0f} rows/s ({copy_seconds:.2f} s, database side only)"
+        )
+        print(f"first load vs old loader: {first_rps / old_rps:.1f}x (target >= 3x)")
+        print(
+            f"reload vs first load: {reload.seconds / first.seconds:.2f}x time (target <= 0.7x), "
+            f"{written_reload} rows written (target 0)"
+        )
+        results.update(
+            first_rps=round(first_rps),
+            reload_rps=round(rows / reload.seconds),
+            reload_ratio=round(reload.seconds / first.seconds, 2),
+            reload_written=written_reload,
+            old_rps=round(old_rps),
+            copy_rps=round(copied / copy_seconds),
+            speedup=round(first_rps / old_rps, 1),
+            first_peak_rss_mb=round(first.peak_rss_mb),
+        )
+
+        if args.big_rows:
+            t = time.perf_counter()
+            big = sample(work / "big", args.big_rows, seed=2)
+            size = big.stat().st_size / 1e6
+            big_db = server.create()
+            big_url = url_for(args.server, big_db)
+            migrate_head(big_url)
+            gen = time.perf_counter() - t
+            run = run_measured(
+                [
+                    *OTC,
+                    "load",
+                    "timesheets",
+                    "--from",
+                    str(big),
+                    "--database-url",
+                    big_url,
+                    "--json",
+                ],
+                env,
+            )
+            print(
+                f"big load     : {args.big_rows:,} rows, {size:.0f} MB JSON (made in {gen:.0f} s): "
+                f"{args.big_rows / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB (target <= 300 MB)"
+            )
+            results.update(
+                big_rows=args.big_rows,
+                big_mb=round(size),
+                big_peak_rss_mb=round(run.peak_rss_mb),
+                big_rps=round(args.big_rows / run.seconds),
+            )
+            big.unlink()
+
+        if args.api_mb:
+            results.update(api_bench(args, server, env))
+    finally:
+        server.drop_all()
+    print(json.dumps(results))
+
+
+def api_bench(args: argparse.Namespace, server: Server, env: dict[str, str]) -> dict[str, Any]:
+    """Peak RSS of `otc load timesheets --from api` against a local server streaming a big body."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from otc_server import serve_large_timesheets  # type: ignore[import-not-found]
+    except ImportError:
+        print("api stream   : skipped (tests/otc_server.py has no serve_large_timesheets)")
+        return {}
+    target_bytes = args.api_mb * 1_000_000
+    with serve_large_timesheets(target_bytes) as (base_url, rows):
+        db = server.create()
+        url = url_for(args.server, db)
+        migrate_head(url)
+        state = tempfile.mkdtemp(prefix="otc-bench-state-")
+        child_env = dict(
+            env,
+            OTC_API_BASE_URL=base_url,
+            OTC_API_USER="bench",
+            OTC_API_PASSWORD="bench",
+            OTC_API_MIN_INTERVAL_S="0",
+            OTC_STATE_DIR=state,
+        )
+        run = run_measured(
+            [*OTC, "load", "timesheets", "--from", "api", "--database-url", url, "--json"],
+            child_env,
+        )
+        summary = json.loads(run.stdout)
+    print(
+        f"api stream   : {args.api_mb} MB body, {summary['fetched']:,} records: "
+        f"{summary['fetched'] / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB (target <= 300 MB)"
+    )
+    return {
+        "api_mb": args.api_mb,
+        "api_rows": summary["fetched"],
+        "api_peak_rss_mb": round(run.peak_rss_mb),
+    }
+
+
+if __name__ == "__main__":
+    main()
