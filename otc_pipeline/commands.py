@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -80,18 +79,20 @@ def load(
             raise ConfigError(
                 f"{path} is a folder; give the {view} export file, or use `otc load all --from {path}`"
             )
+    between: Callable[[], None] | None = None
+    if source == "api":
+        from .sources import api
+
+        settings = api.ApiSettings.from_env()
+        # Missing credentials are a configuration error (exit 2), found before any run opens.
+        settings.require_credentials()
+
+        def between() -> None:
+            api.wait_between_views(settings)
+
     engine = connect_engine(database_setting(database_url))
     try:
         if view == "all":
-            between: Callable[[], None] | None = None
-            if source == "api":
-                from .sources.api import ApiSettings
-
-                gap = ApiSettings.from_env().view_gap_s
-
-                def between() -> None:
-                    time.sleep(gap)
-
             return pipeline.load_all(
                 engine,
                 source if source == "api" else Path(source),

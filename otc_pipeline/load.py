@@ -21,6 +21,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Table,
+    and_,
     delete,
     func,
     insert,
@@ -87,6 +89,8 @@ class ViewLoader:
         self.latest_source_time: datetime | None = None
         self._column_sets: dict[tuple[str, ...], int] = {}
         self._chunks: list[_StagedChunk] = []
+        self._copier: ThreadPoolExecutor | None = None
+        self._pending_copy: Future[None] | None = None
         self._stage = self._create_stage()
 
     # --- stage ---------------------------------------------------------------------
@@ -101,7 +105,9 @@ class ViewLoader:
         for column in self.view.table.columns:
             if column.key in self.view.columns:
                 columns.append(Column(column.key, column.type))
-        options = {"postgresql_on_commit": "DROP"} if self.dialect == "postgresql" else {}
+        options: dict[str, Any] = (
+            {"postgresql_on_commit": "DROP"} if self.dialect == "postgresql" else {}
+        )
         stage = Table(name, MetaData(), *columns, prefixes=["TEMPORARY"], **options)
         if self.dialect == "sqlite":
             # SQLite keeps temporary tables for the connection's life, and pooled
@@ -123,6 +129,7 @@ class ViewLoader:
         """Stage one chunk of parsed rows and store its parse rejects."""
         self.counts.fetched += len(rows) + len(rejects)
         if rejects:
+            self._wait_for_copy()
             self._store_rejects(rejects)
         if not rows:
             return
@@ -162,10 +169,37 @@ class ViewLoader:
         assert dbapi is not None
         quote = self.conn.dialect.identifier_preparer.quote
         columns = ", ".join(quote(name) for name in [COLUMN_SET, *names])
-        with dbapi.cursor() as cursor:
-            cursor.copy_expert(
-                f"COPY {self._stage.name} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer
-            )
+        sql = f"COPY {self._stage.name} ({columns}) FROM STDIN WITH (FORMAT csv)"
+
+        def copy() -> None:
+            cursor: Any = dbapi.cursor()
+            try:
+                cursor.copy_expert(sql, buffer, size=1 << 20)
+            finally:
+                cursor.close()
+
+        # The server ingests this chunk while we read and parse the next one: psycopg2
+        # lets go of the GIL while it waits. One COPY in flight at a time, and nothing
+        # else touches the connection until it is done (_wait_for_copy).
+        self._wait_for_copy()
+        if self._copier is None:
+            self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otc-copy")
+        self._pending_copy = self._copier.submit(copy)
+
+    def _wait_for_copy(self) -> None:
+        """Let the COPY in flight finish (raising its error) before the connection is used."""
+        pending, self._pending_copy = self._pending_copy, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for any COPY in flight and stop the copy thread (also after a failure)."""
+        try:
+            self._wait_for_copy()
+        finally:
+            if self._copier is not None:
+                self._copier.shutdown(wait=True)
+                self._copier = None
 
     def _store_rejects(self, rejects: Sequence[Reject]) -> None:
         self.counts.rejected += len(rejects)
@@ -191,6 +225,7 @@ class ViewLoader:
 
     def finish(self, progress: Callable[[int], None] | None = None) -> LoadCounts:
         """Drop in-load duplicates (the last occurrence wins), then merge chunk by chunk."""
+        self._wait_for_copy()
         if not self._chunks:
             return self.counts
         Index(f"{self._stage.name}_position", self._stage.c[POSITION]).create(self.conn)
@@ -262,18 +297,16 @@ class ViewLoader:
             updates = [c for c in columns if c not in self.view.key]
             if updates:
                 upsert = pg_stmt.on_conflict_do_update(
-                    constraint=_conflict_name(target, self.view),
+                    **_pg_conflict_target(target, self.view),
                     set_={target.c[c]: pg_stmt.excluded[c] for c in updates},
                     where=or_(
                         *[target.c[c].is_distinct_from(pg_stmt.excluded[c]) for c in updates]
                     ),
                 )
             else:
-                upsert = pg_stmt.on_conflict_do_nothing(
-                    constraint=_conflict_name(target, self.view)
-                )
+                upsert = pg_stmt.on_conflict_do_nothing(**_pg_conflict_target(target, self.view))
             # xmax = 0 marks a freshly inserted row; unchanged rows are not returned.
-            flags = (
+            flags: Sequence[bool] = (
                 self.conn.execute(upsert.returning(literal_column("(xmax = 0)"))).scalars().all()
             )
             inserted = sum(1 for f in flags if f)
@@ -321,11 +354,11 @@ class ViewLoader:
         )
 
 
-def _conflict_name(target: Table, view: View) -> str:
+def _pg_conflict_target(target: Table, view: View) -> dict[str, Any]:
+    """The arbiter of the upsert: the unique entry for timesheets, else the primary key."""
     if view.name == "timesheets":
-        return "timesheets_unique_entry"
-    pk = target.primary_key.name
-    return pk or f"{target.name}_pkey"
+        return {"constraint": "timesheets_unique_entry"}
+    return {"index_elements": [target.c[k] for k in view.key]}
 
 
 def _sqlite_conflict_target(target: Table, view: View) -> list[Any]:
@@ -335,7 +368,4 @@ def _sqlite_conflict_target(target: Table, view: View) -> list[Any]:
 
 
 def _key_match(target: Table, stage: Table, key: Sequence[str]) -> Any:
-    clause = true()
-    for k in key:
-        clause = clause & target.c[k].is_not_distinct_from(stage.c[k])
-    return clause
+    return and_(*[target.c[k].is_not_distinct_from(stage.c[k]) for k in key])

@@ -208,8 +208,13 @@ def _run(
                 else:
                     transaction.commit()
             except BaseException:
+                if loader is not None:
+                    _close_quietly(loader)
                 transaction.rollback()
                 raise
+            finally:
+                if loader is not None:
+                    loader.close()
     except (Exception, KeyboardInterrupt) as exc:
         summary.status = "failed"
         summary.error = _error_text(exc, source_text)
@@ -273,6 +278,14 @@ def after_load(conn: Any, view: View, loader: ViewLoader, summary: RunSummary) -
         except ImportError:  # the analyst layer is optional while it is being built
             return
         summary.warnings.extend(users.refresh_from_timesheets(conn))
+
+
+def _close_quietly(loader: ViewLoader) -> None:
+    """Stop the loader's COPY thread before rolling back; the first error is the one to report."""
+    try:
+        loader.close()
+    except Exception:  # noqa: BLE001 - the error already on its way out matters more
+        pass
 
 
 def _copy_counts(summary: RunSummary, loader: ViewLoader) -> None:

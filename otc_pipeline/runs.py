@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, insert, select, text, update
 
 from .errors import LoadLocked
 from .models import EtlRun
@@ -115,7 +115,7 @@ def open_run(engine: Engine, view_name: str, source: str) -> int:
             .values(load_status="interrupted", load_end=now, error_message=INTERRUPTED_MESSAGE)
         )
         run_id = conn.execute(
-            EtlRun.__table__.insert()
+            insert(EtlRun)
             .values(
                 view_name=view_name,
                 source=source,
@@ -129,7 +129,7 @@ def open_run(engine: Engine, view_name: str, source: str) -> int:
                 records_rejected=0,
                 records_errors=0,
             )
-            .returning(EtlRun.__table__.c.id)
+            .returning(EtlRun.id)
         ).scalar_one()
     return int(run_id)
 

@@ -24,7 +24,6 @@ run of every project that has otc-pipeline installed.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -81,6 +80,8 @@ def _fail(message: str) -> NoReturn:
 @pytest.fixture(scope="session")
 def otc_engine(otc_database_url: str) -> Iterator[Engine]:
     """An engine on a database migrated to head; a PostgreSQL one is created for this session."""
+    import uuid
+
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import StaticPool
