@@ -377,6 +377,7 @@ def api_check(
     for line in api.api_check(api.ApiSettings.from_env(), ping=ping):
         typer.echo(line)
 
+
 # --- otc users --------------------------------------------------------------------------
 
 users_app = typer.Typer(

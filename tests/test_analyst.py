@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, Engine, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, insert, inspect, select, text
 from sqlalchemy.orm import Session
 
 from otc_pipeline import migrate, pipeline
@@ -109,7 +109,7 @@ def add_recent_activity(conn: Connection) -> None:
         ("nobody", "No Body", today - timedelta(days=2), "10:00", 9999999, "0.5"),
     ]
     conn.execute(
-        insert(Timesheet.__table__),
+        insert(cast(Table, Timesheet.__table__)),
         [
             {
                 "TS-User Username": short,
@@ -123,7 +123,8 @@ def add_recent_activity(conn: Connection) -> None:
         ],
     )
     conn.execute(
-        UserLookup.__table__.update()
+        cast(Table, UserLookup.__table__)
+        .update()
         .where(UserLookup.short_username == "djewell")
         .values(team="Cloud - Infrastructure")
     )
@@ -217,7 +218,7 @@ def test_orphan_counts_equal_an_independent_count(loaded: Engine) -> None:
         crm_ids = list(conn.scalars(select(Timesheet.crm_id)))
         comment_tickets = list(conn.scalars(select(Comment.ticket_id)))
         orphans = rows_of(conn, "v_orphaned_data")
-    expected = [
+    expected: list[dict[str, Any]] = [
         {
             "source": "timesheets",
             "count": sum(1 for t in crm_ids if t is not None and t not in ticket_ids),
@@ -686,6 +687,7 @@ def test_a_failed_run_does_not_look_fresh(engine: Engine, tmp_path: Path) -> Non
             select(EtlRun.load_end).where(EtlRun.id == failed.run_id)
         ).scalar_one()
         tickets = rows_of(conn, "v_data_freshness")[0]
+    assert failed_end is not None and success_time is not None
     assert failed_end > success_time
     assert as_datetime(tickets["last_loaded"]) == success_time
     assert as_datetime(tickets["latest_data_date"]) == datetime(2026, 1, 10, 8, 0)

@@ -6,10 +6,10 @@ import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, Table, insert, select
 from typer.testing import CliRunner
 
 from otc_pipeline import pipeline, users
@@ -18,8 +18,8 @@ from otc_pipeline.db import make_engine
 from otc_pipeline.models import EtlRun, Timesheet, UserLookup
 from otc_pipeline.runs import utcnow
 
-TS = Timesheet.__table__
-UL = UserLookup.__table__
+TS = cast(Table, Timesheet.__table__)
+UL = cast(Table, UserLookup.__table__)
 
 
 @pytest.fixture
