@@ -7,6 +7,8 @@ recipe that makes SAVEPOINT work under the sqlite3 module.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -62,3 +64,31 @@ def connect_engine(setting: DatabaseSetting) -> Engine:
             f"check {variable} (or set OTC_DATABASE_URL)"
         ) from None
     return engine
+
+
+Bind = Engine | Connection
+
+
+@contextmanager
+def connection(bind: Bind) -> Iterator[Connection]:
+    """A connection on ``bind``: a new one from an Engine, or the caller's own Connection."""
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as conn:
+        yield conn
+
+
+@contextmanager
+def transaction(bind: Bind) -> Iterator[Connection]:
+    """A transaction on ``bind``; inside a caller's transaction, a SAVEPOINT that commits nothing."""
+    if isinstance(bind, Connection) and bind.in_transaction():
+        with bind.begin_nested():
+            yield bind
+        return
+    if isinstance(bind, Connection):
+        with bind.begin():
+            yield bind
+        return
+    with bind.begin() as conn:
+        yield conn

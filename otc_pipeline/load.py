@@ -242,6 +242,9 @@ class ViewLoader:
                 self._merge_range(set_columns[set_id], set_id, chunk.first, chunk.last)
             if progress is not None:
                 progress(chunk.last)
+        # Inside a caller's transaction (the otc_load fixture) nothing commits, so a
+        # second load of the view in that transaction needs the name free again.
+        self._stage.drop(self.conn)
         return self.counts
 
     def _key_columns(self, table: Table) -> list[Any]:

@@ -21,7 +21,7 @@ from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, Engine
 
 from . import models
-from .db import schema_name
+from .db import connection, schema_name
 from .errors import OtcError, SchemaNotReady
 
 State = Literal["empty", "legacy", "behind", "head", "ahead/unknown"]
@@ -106,9 +106,9 @@ def _state(conn: Connection) -> State:
     return "head" if set(revisions) == set(scripts.get_heads()) else "behind"
 
 
-def state(engine: Engine) -> State:
+def state(engine: Engine | Connection) -> State:
     """Where the database stands: empty, legacy (not adopted), behind, head, ahead/unknown."""
-    with engine.connect() as conn:
+    with connection(engine) as conn:
         return _state(conn)
 
 

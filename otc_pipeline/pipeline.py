@@ -15,9 +15,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from . import migrate, runs
+from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError
 from .load import ViewLoader
 from .parse import Parser, Plan, Reject, load_timezone
@@ -69,10 +70,13 @@ class RunSummary:
         return data
 
 
-def ensure_schema(engine: Engine) -> None:
+def ensure_schema(engine: Engine | Connection) -> None:
     """Create the schema on an empty database; refuse one that is behind or not adopted."""
     state = migrate.state(engine)
     if state == "empty":
+        if isinstance(engine, Connection):
+            # A caller's transaction is no place for a whole schema migration.
+            raise SchemaNotReady("the database is empty; run `otc db upgrade` first")
         migrate.upgrade(engine, "head")
     elif state == "legacy":
         raise SchemaNotReady(
@@ -131,7 +135,7 @@ def _check_first_record(view: View, parser: Parser, record: Any, source: str) ->
 
 
 def load_view(
-    engine: Engine,
+    engine: Engine | Connection,
     view_name: str,
     source: Source,
     *,
@@ -139,7 +143,11 @@ def load_view(
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Load one view from ``source`` (a file, "api", or an iterable of records)."""
+    """Load one view from ``source`` (a file, "api", or an iterable of records).
+
+    Given a Connection inside a transaction (the ``otc_load`` test fixture does
+    this), everything runs in SAVEPOINTs on it and nothing is committed.
+    """
     if view_name not in VIEWS:
         raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEW_ORDER)} or all")
     if chunk_size < 1:
@@ -162,7 +170,7 @@ def load_view(
 
 
 def _run(
-    engine: Engine,
+    engine: Engine | Connection,
     view: View,
     source: Source,
     source_text: str,
@@ -177,8 +185,8 @@ def _run(
     parser = Parser(view, timezone)
     loader: ViewLoader | None = None
     try:
-        with engine.connect() as conn:
-            transaction = conn.begin()
+        with connection(engine) as conn:
+            transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
             try:
                 loader = ViewLoader(conn, view, run_id)
                 records = _records(view, source)
@@ -336,7 +344,7 @@ def find_view_files(folder: Path) -> dict[str, Path]:
 
 
 def load_all(
-    engine: Engine,
+    engine: Engine | Connection,
     source: Path | str,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
+from .db import connection, transaction
 from .errors import LoadLocked
 from .models import EtlRun
 
@@ -36,8 +37,8 @@ def _advisory_key(view_name: str) -> int:
 _memory_locks: dict[str, threading.Lock] = {}
 
 
-def _running_description(engine: Engine, view_name: str) -> str:
-    with engine.connect() as conn:
+def _running_description(engine: Engine | Connection, view_name: str) -> str:
+    with connection(engine) as conn:
         row = conn.execute(
             select(EtlRun.id, EtlRun.load_start, EtlRun.source)
             .where(EtlRun.view_name == view_name, EtlRun.load_status == "running")
@@ -53,9 +54,18 @@ def _running_description(engine: Engine, view_name: str) -> str:
 
 
 @contextmanager
-def view_lock(engine: Engine, view_name: str) -> Iterator[None]:
+def view_lock(engine: Engine | Connection, view_name: str) -> Iterator[None]:
     """Hold the view's load lock, or fail at once naming the load that holds it."""
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql" and isinstance(engine, Connection):
+        # The caller owns this connection's transaction: take a lock that it ends.
+        key = _advisory_key(view_name)
+        if not engine.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
+            raise LoadLocked(
+                f"{_running_description(engine, view_name)}; wait for it to finish, then run again"
+            )
+        yield
+        return
+    if engine.dialect.name == "postgresql" and isinstance(engine, Engine):
         with engine.connect() as conn:
             key = _advisory_key(view_name)
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
@@ -70,9 +80,9 @@ def view_lock(engine: Engine, view_name: str) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
         return
-    database = engine.url.database
+    database = engine.engine.url.database
     if not database or database == ":memory:":
-        lock = _memory_locks.setdefault(f"{id(engine)}:{view_name}", threading.Lock())
+        lock = _memory_locks.setdefault(f"{id(engine.engine)}:{view_name}", threading.Lock())
         if not lock.acquire(blocking=False):
             raise LoadLocked(f"{_running_description(engine, view_name)}; wait for it to finish")
         try:
@@ -102,13 +112,13 @@ def view_lock(engine: Engine, view_name: str) -> Iterator[None]:
             pass
 
 
-def open_run(engine: Engine, view_name: str, source: str) -> int:
+def open_run(engine: Engine | Connection, view_name: str, source: str) -> int:
     """Record a new running load; runs of this view left running become interrupted.
 
     Call with the view's lock held: then any run still marked running is stale.
     """
     now = utcnow()
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         conn.execute(
             update(EtlRun)
             .where(EtlRun.view_name == view_name, EtlRun.load_status == "running")
@@ -135,7 +145,7 @@ def open_run(engine: Engine, view_name: str, source: str) -> int:
 
 
 def close_run(
-    engine: Engine,
+    engine: Engine | Connection,
     run_id: int,
     *,
     status: str,
@@ -152,7 +162,7 @@ def close_run(
 ) -> None:
     """Close a run with its final status and counts."""
     now = utcnow()
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         conn.execute(
             update(EtlRun)
             .where(EtlRun.id == run_id)

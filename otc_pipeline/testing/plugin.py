@@ -214,10 +214,9 @@ def otc_load(
             source = records_or_path
         # Factory rows must be in the database before the load looks for conflicts.
         otc_session.flush()
-        # load_view runs on a Connection inside its caller's transaction using
-        # SAVEPOINTs; Any keeps this line valid while its annotation says Engine.
-        bind: Any = otc_session.connection()
-        summary = load_view(bind, view, source, chunk_size=chunk_size)
+        # Given the test's Connection, load_view works in SAVEPOINTs inside the test's
+        # transaction: the test sees the rows and the run, and teardown removes them.
+        summary = load_view(otc_session.connection(), view, source, chunk_size=chunk_size)
         # The load wrote behind the session's back: reload objects on next access.
         otc_session.expire_all()
         return summary
