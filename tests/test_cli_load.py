@@ -189,9 +189,11 @@ def test_missing_file_and_usage_errors(db_url: str, tmp_path: Path) -> None:
     assert folder.exit_code == 2 and "use `otc load all --from" in folder.stderr
 
 
-def test_unreachable_database_is_one_line_without_password() -> None:
+def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
     url = "postgresql+psycopg2://otc:s3cret-pw@127.0.0.1:1/servicedesk"
-    result = otc("load", "tickets", "--from", "api", "--database-url", url)
+    export = tmp_path / "tickets.json"
+    export.write_text("[]")
+    result = otc("load", "tickets", "--from", str(export), "--database-url", url)
     assert result.exit_code == 2
     assert "s3cret-pw" not in result.output
     line = result.stderr.strip()
@@ -199,6 +201,17 @@ def test_unreachable_database_is_one_line_without_password() -> None:
         "Error: cannot open database postgresql+psycopg2://otc:***@127.0.0.1:1/servicedesk"
     )
     assert len(line.splitlines()) == 1
+
+
+def test_api_without_credentials_is_a_configuration_error(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTC_API_USER", raising=False)
+    monkeypatch.delenv("OTC_API_PASSWORD", raising=False)
+    result = otc("load", "all", "--database-url", db_url)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: OTC_API_USER and OTC_API_PASSWORD not set")
+    assert snapshot(db_url) == ([], [])
 
 
 def test_load_on_an_empty_database_creates_the_schema(empty_db_url: str, samples: Path) -> None:
