@@ -237,6 +237,11 @@ class ViewLoader:
                 select(func.max(self._stage.c[time_column]))
             ).scalar()
         set_columns = {set_id: columns for columns, set_id in self._column_sets.items()}
+        if self.dialect == "postgresql":
+            # Give the planner real numbers for the joins below.
+            self.conn.exec_driver_sql(f"ANALYZE {self._stage.name}")
+        for set_id, columns in set_columns.items():
+            self.counts.unchanged += self._drop_unchanged(set_id, columns)
         for chunk in self._chunks:
             for set_id in sorted(chunk.column_sets):
                 self._merge_range(set_columns[set_id], set_id, chunk.first, chunk.last)
@@ -246,6 +251,25 @@ class ViewLoader:
         # second load of the view in that transaction needs the name free again.
         self._stage.drop(self.conn)
         return self.counts
+
+    def _drop_unchanged(self, set_id: int, columns: tuple[str, ...]) -> int:
+        """Take rows the table already holds exactly out of the stage; count them.
+
+        An upsert whose WHERE skips the update still locks the row it conflicts
+        with, which writes to the table; rows dropped here are never touched.
+        """
+        target, stage = self.view.table, self._stage
+        same_row = and_(
+            _key_match(target, stage, self.view),
+            *[
+                target.c[c].is_not_distinct_from(stage.c[c])
+                for c in columns
+                if c not in self.view.key
+            ],
+        )
+        unchanged = select(literal_column("1")).select_from(target).where(same_row).exists()
+        result = self.conn.execute(delete(stage).where(stage.c[COLUMN_SET] == set_id, unchanged))
+        return int(result.rowcount or 0)
 
     def _key_columns(self, table: Table) -> list[Any]:
         return [table.c[k] for k in self.view.key]
@@ -321,7 +345,7 @@ class ViewLoader:
             existing = self.conn.execute(
                 select(func.count())
                 .select_from(stage)
-                .join(target, _key_match(target, stage, self.view.key))
+                .join(target, _key_match(target, stage, self.view))
                 .where(self._in_range(set_id, first, last))
             ).scalar_one()
             sent = self.conn.execute(
@@ -370,5 +394,19 @@ def _sqlite_conflict_target(target: Table, view: View) -> list[Any]:
     return [target.c[k] for k in view.key]
 
 
-def _key_match(target: Table, stage: Table, key: Sequence[str]) -> Any:
-    return and_(*[target.c[k].is_not_distinct_from(stage.c[k]) for k in key])
+def _key_match(target: Table, stage: Table, view: View) -> Any:
+    """Rows with the same key; NULL equals NULL in the one key column that may be blank.
+
+    Plain equality on the required key columns lets the database hash or index the
+    join; IS NOT DISTINCT FROM on them all would force a nested loop.
+    """
+    required = {view.fields[f] for f in view.required}
+    terms = []
+    for k in view.key:
+        if k in required:
+            terms.append(target.c[k] == stage.c[k])
+        else:
+            terms.append(
+                or_(target.c[k] == stage.c[k], and_(target.c[k].is_(None), stage.c[k].is_(None)))
+            )
+    return and_(*terms)

@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .views import View
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-CACHE_LIMIT = 200_000  # parsed strings remembered per column
+CACHE_LIMIT = 10_000  # parsed strings remembered per column: dates, hours, flags repeat; ids do not
 _MISSING = object()
 
 Coercer = Callable[[Any], Any]
@@ -176,6 +176,12 @@ class DateTimeCoercer:
         return moment
 
     def _parse_text(self, text: str) -> datetime:
+        if "/" not in text:
+            try:
+                # Python 3.11 reads ISO 8601 with 'Z', offsets, a space or a 'T'.
+                return self._naive(datetime.fromisoformat(text))
+            except ValueError:
+                raise CoercionError("is not a date (expected ISO 8601 or DD/MM/YYYY)") from None
         slashed = _SLASHED.match(text)
         if slashed:
             day, month, year, hour, minute, second, fraction = slashed.groups()
@@ -191,11 +197,7 @@ class DateTimeCoercer:
                 )
             except ValueError:
                 raise CoercionError("is not a valid day-first date") from None
-        try:
-            # Python 3.11 reads ISO 8601 with 'Z', offsets, a space or a 'T'.
-            return self._naive(datetime.fromisoformat(text))
-        except ValueError:
-            raise CoercionError("is not a date (expected ISO 8601 or DD/MM/YYYY)") from None
+        raise CoercionError("is not a date (expected ISO 8601 or DD/MM/YYYY)")
 
     def __call__(self, value: Any) -> datetime | None:
         if _is_blank(value):
@@ -280,7 +282,7 @@ class Parser:
 
     def parse(self, position: int, record: Any) -> tuple[Plan, tuple[Any, ...]] | Reject:
         """Column values for ``record`` (with the plan naming their columns), or a Reject."""
-        if not isinstance(record, Mapping):
+        if record.__class__ is not dict and not isinstance(record, Mapping):
             return Reject(
                 position, None, _show(record), "record is not an object of fields", record
             )

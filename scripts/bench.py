@@ -19,6 +19,7 @@ Ratios are printed against the targets of the load and API issues.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import os
@@ -149,10 +150,21 @@ class TimesheetRow(BaseModel):
     crm_id: Optional[int] = None
     description: Optional[str] = None
     account_name: Optional[str] = None
+    ticket_project_master_code: Optional[str] = None
+    notes: Optional[str] = None
+    account_selcom: Optional[str] = None
+    costcentre: Optional[str] = None
+    charge_code: Optional[str] = None
+    client_bill_code: Optional[str] = None
+    billable: Optional[bool] = None
+    approved: Optional[bool] = None
+    modified_time: Optional[datetime] = None
 
-    @field_validator("date", mode="before")
+    @field_validator("date", "modified_time", mode="before")
     @classmethod
     def day_first(cls, v):
+        if v in (None, ""):
+            return None
         v = str(v).strip()
         for fmt in ("%d/%m/%Y %H:%M", "%d/%m/%Y"):
             try:
@@ -168,6 +180,13 @@ class TimesheetRow(BaseModel):
             return None
         return Decimal(str(v).replace(",", "."))
 
+    @field_validator("billable", "approved", mode="before")
+    @classmethod
+    def yes_no(cls, v):
+        if v in (None, ""):
+            return None
+        return str(v).strip().lower() in ("yes", "y", "true", "t", "1")
+
     @field_validator("crm_id", mode="before")
     @classmethod
     def blank_int(cls, v):
@@ -182,7 +201,12 @@ FIELDS = {"user_username": "TS-User Username", "user_full_name": "TS-User Full N
           "date": "TS-Date", "time_from": "TS-Time From", "time_to": "TS-Time To",
           "hours": "TS-Hours", "category": "TS-Category", "sub_category": "TS-Sub Category",
           "type": "TS-Type", "crm_id": "TS-Crm ID", "description": "TS-Description",
-          "account_name": "TS-Account Name"}
+          "account_name": "TS-Account Name",
+          "ticket_project_master_code": "TS-Ticket Project Master Code", "notes": "TS-Notes",
+          "account_selcom": "TS-Account Selcom", "costcentre": "TS-Costcentre",
+          "charge_code": "TS-Charge Code", "client_bill_code": "TS-Client Bill Code",
+          "billable": "TS-Billable", "approved": "TS-Approved",
+          "modified_time": "TS-Modified Time"}
 SQL = ('INSERT INTO servicedesk.timesheets (' + ", ".join('"%s"' % c for c in FIELDS.values())
        + ') VALUES (' + ", ".join(["%s"] * len(FIELDS)) + ') ON CONFLICT ON CONSTRAINT '
        'timesheets_unique_entry DO UPDATE SET ' + ", ".join(
@@ -216,14 +240,13 @@ print(json.dumps({"rows": len(records), "seconds": time.perf_counter() - start})
 
 def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
     """Rows and seconds of one COPY of the parsed rows into an empty copy of the table."""
-    from otc_pipeline.load import _copy_value
     from otc_pipeline.parse import Parser, Reject, load_timezone
     from otc_pipeline.sources.files import read_file
     from otc_pipeline.views import TIMESHEETS
 
     parser = Parser(TIMESHEETS, load_timezone("UTC"))
     columns = [c.key for c in TIMESHEETS.table.columns if c.key != "id"]
-    by_key: dict[tuple[Any, ...], str] = {}  # the same rows the load keeps: last one wins
+    by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # the rows the load keeps: last wins
     for position, record in read_file(path):
         parsed = parser.parse(position, record)
         if isinstance(parsed, Reject):
@@ -232,9 +255,10 @@ def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
         row = dict(zip(plan.columns, values, strict=True))
         key = tuple(row.get(k) for k in TIMESHEETS.key)
         by_key.pop(key, None)
-        by_key[key] = "\t".join(_copy_value(row.get(c)) for c in columns)
-    lines = list(by_key.values())
-    body = "\n".join(lines) + "\n"
+        by_key[key] = tuple(row.get(c) for c in columns)
+    body = io.StringIO()
+    csv.writer(body, lineterminator="\n").writerows(by_key.values())
+    body.seek(0)
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
         cur.execute(
@@ -245,12 +269,12 @@ def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
         quoted = ", ".join(f'"{c}"' for c in columns)
         started = time.perf_counter()
         cur.copy_expert(
-            f"COPY servicedesk.timesheets_copy ({quoted}) FROM STDIN", io.StringIO(body)
+            f"COPY servicedesk.timesheets_copy ({quoted}) FROM STDIN WITH (FORMAT csv)", body
         )
         conn.commit()
         seconds = time.perf_counter() - started
     conn.close()
-    return len(lines), seconds
+    return len(by_key), seconds
 
 
 def sample(folder: Path, rows: int, seed: int) -> Path:
@@ -332,38 +356,44 @@ def main() -> None:
         migrate_head(url_for(args.server, copy_db))
         copied, copy_seconds = copy_ceiling(path, dsn_for(args.server, copy_db))
 
+        # Rates use each load's own clock, from opening the file to the commit (our
+        # `duration_s`; the old loader times itself the same way), so interpreter start
+        # and imports count for neither. Wall times of the whole processes are shown too.
         rows = args.rows
-        first_rps = rows / first.seconds
-        old_rps = rows / old.seconds
+        first_s, reload_s = summary["duration_s"], resummary["duration_s"]
+        old_s = json.loads(old.stdout)["seconds"]
         print(
-            f"first load   : {first_rps:>9,.0f} rows/s end to end ({first.seconds:.2f} s, "
+            f"first load   : {rows / first_s:>9,.0f} rows/s ({first_s:.2f} s; process {first.seconds:.2f} s, "
             f"peak RSS {first.peak_rss_mb:.0f} MB; {summary['inserted']:,} inserted, "
             f"{summary['duplicates']:,} duplicates)"
         )
         print(
-            f"reload       : {rows / reload.seconds:>9,.0f} rows/s ({reload.seconds:.2f} s = "
-            f"{reload.seconds / first.seconds:.2f}x the first load; rows written: {written_reload}; "
-            f"{resummary['unchanged']:,} unchanged)"
+            f"reload       : {rows / reload_s:>9,.0f} rows/s ({reload_s:.2f} s; process {reload.seconds:.2f} s; "
+            f"rows written: {written_reload}; {resummary['unchanged']:,} unchanged)"
         )
         print(
-            f"old loader   : {old_rps:>9,.0f} rows/s ({old.seconds:.2f} s, peak RSS {old.peak_rss_mb:.0f} MB)"
+            f"old loader   : {rows / old_s:>9,.0f} rows/s ({old_s:.2f} s; process {old.seconds:.2f} s, "
+            f"peak RSS {old.peak_rss_mb:.0f} MB)"
         )
         print(
             f"COPY ceiling : {copied / copy_seconds:>9,.0f} rows/s ({copy_seconds:.2f} s, database side only)"
         )
-        print(f"first load vs old loader: {first_rps / old_rps:.1f}x (target >= 3x)")
         print(
-            f"reload vs first load: {reload.seconds / first.seconds:.2f}x time (target <= 0.7x), "
-            f"{written_reload} rows written (target 0)"
+            f"first load vs old loader: {old_s / first_s:.1f}x rows/s (target >= 3x); "
+            f"processes {old.seconds / first.seconds:.1f}x"
+        )
+        print(
+            f"reload vs first load: {reload_s / first_s:.2f}x time (target <= 0.7x; processes "
+            f"{reload.seconds / first.seconds:.2f}x), {written_reload} rows written (target 0)"
         )
         results.update(
-            first_rps=round(first_rps),
-            reload_rps=round(rows / reload.seconds),
-            reload_ratio=round(reload.seconds / first.seconds, 2),
+            first_rps=round(rows / first_s),
+            reload_rps=round(rows / reload_s),
+            reload_ratio=round(reload_s / first_s, 2),
             reload_written=written_reload,
-            old_rps=round(old_rps),
+            old_rps=round(rows / old_s),
             copy_rps=round(copied / copy_seconds),
-            speedup=round(first_rps / old_rps, 1),
+            speedup=round(old_s / first_s, 1),
             first_peak_rss_mb=round(first.peak_rss_mb),
         )
 
