@@ -47,21 +47,41 @@ class ChildResult:
     stdout: str
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """The process's own peak RSS (VmHWM) so far, or None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildResult:
-    """Like run_child, with the child's own peak RSS from wait4."""
+    """Run a child; return its wall time, its own peak RSS and its output.
+
+    The peak is read from /proc/PID/status (VmHWM) while the child runs: the
+    rusage of a waited child would also count this (large) parent's memory at
+    fork time, which Linux carries over into the child's ru_maxrss.
+    """
     started = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out_chunks: list[bytes] = []
-    assert proc.stdout is not None and proc.stderr is not None
-    # Outputs are small (one JSON line per view); read them after the child ends.
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    out_chunks.append(proc.stdout.read())
-    err = proc.stderr.read().decode()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, env=env)
+        peak = 0.0
+        while proc.poll() is None:
+            seen = _peak_rss_mb(proc.pid)
+            if seen is not None:
+                peak = max(peak, seen)
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode not in (0, 3):
-        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(args)}\n{err}")
-    return ChildResult(seconds, usage.ru_maxrss / 1024, b"".join(out_chunks).decode())
+        raise SystemExit(f"child failed ({proc.returncode}): {' '.join(args)}\n{stderr}")
+    return ChildResult(seconds, peak, stdout)
 
 
 # --- throwaway databases ------------------------------------------------------------------
