@@ -21,7 +21,6 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,6 +65,82 @@ class LoadCounts:
     rejected: int = 0
 
 
+@dataclass(frozen=True)
+class StagedGroup:
+    """Rows of one chunk that carry the same columns, ready for the stage table.
+
+    Each row starts with its column set and source position. PostgreSQL gets them
+    as CSV text for COPY, SQLite as Python values for executemany.
+    """
+
+    columns: tuple[str, ...]
+    column_set: int
+    first: int
+    last: int
+    csv_text: str | None = None
+    rows: list[tuple[Any, ...]] | None = None
+
+
+@dataclass
+class ParsedChunk:
+    """One chunk of a source, parsed: its groups of rows, its rejects, how many records."""
+
+    groups: list[StagedGroup]
+    rejects: list[Reject]
+    records: int
+    unknown_fields: frozenset[str] = frozenset()
+
+
+class ChunkEncoder:
+    """Groups parsed rows by the columns they carry and encodes them for the stage.
+
+    Records of one source nearly always share one set of fields; grouping lets
+    each group travel with exactly its own columns, so a narrower record never
+    blanks a column it does not carry.
+    """
+
+    def __init__(self, as_csv: bool) -> None:
+        self.as_csv = as_csv
+        self._column_sets: dict[tuple[str, ...], int] = {}
+
+    def encode(self, rows: Sequence[tuple[int, Plan, tuple[Any, ...]]]) -> list[StagedGroup]:
+        by_plan: dict[int, tuple[Plan, list[tuple[Any, ...]]]] = {}
+        for position, plan, values in rows:
+            group = by_plan.get(id(plan))
+            if group is None:
+                set_id = self._column_sets.setdefault(plan.columns, len(self._column_sets))
+                group = by_plan[id(plan)] = (plan, [])
+            else:
+                set_id = self._column_sets[plan.columns]
+            group[1].append((set_id, position, *values))
+        groups = []
+        for plan, group_rows in by_plan.values():
+            positions = [row[1] for row in group_rows]
+            set_id = self._column_sets[plan.columns]
+            if self.as_csv:
+                # In CSV COPY an unquoted empty field is NULL. Parse never yields an empty
+                # string (blank means NULL), so None written as empty is exactly NULL; other
+                # values print as PostgreSQL reads them (True, 2026-01-05 09:15:00, 1.5).
+                buffer = io.StringIO()
+                csv.writer(buffer, lineterminator="\n").writerows(group_rows)
+                groups.append(
+                    StagedGroup(
+                        plan.columns,
+                        set_id,
+                        min(positions),
+                        max(positions),
+                        csv_text=buffer.getvalue(),
+                    )
+                )
+            else:
+                groups.append(
+                    StagedGroup(
+                        plan.columns, set_id, min(positions), max(positions), rows=group_rows
+                    )
+                )
+        return groups
+
+
 @dataclass
 class _StagedChunk:
     first: int
@@ -89,8 +164,6 @@ class ViewLoader:
         self.latest_source_time: datetime | None = None
         self._column_sets: dict[tuple[str, ...], int] = {}
         self._chunks: list[_StagedChunk] = []
-        self._copier: ThreadPoolExecutor | None = None
-        self._pending_copy: Future[None] | None = None
         self._stage = self._create_stage()
 
     # --- stage ---------------------------------------------------------------------
@@ -116,90 +189,44 @@ class ViewLoader:
         stage.create(self.conn)
         return stage
 
-    def _column_set_id(self, columns: tuple[str, ...]) -> int:
-        found = self._column_sets.get(columns)
-        if found is None:
-            found = len(self._column_sets)
-            self._column_sets[columns] = found
-        return found
-
-    def stage(
-        self, rows: Sequence[tuple[int, Plan, tuple[Any, ...]]], rejects: Sequence[Reject]
-    ) -> None:
+    def stage(self, chunk: ParsedChunk) -> None:
         """Stage one chunk of parsed rows and store its parse rejects."""
-        self.counts.fetched += len(rows) + len(rejects)
-        if rejects:
-            self._wait_for_copy()
-            self._store_rejects(rejects)
-        if not rows:
+        self.counts.fetched += chunk.records
+        if chunk.rejects:
+            self._store_rejects(chunk.rejects)
+        if not chunk.groups:
             return
-        # Records of one source nearly always share one set of fields; group by it so each
-        # group travels with exactly its own columns.
-        groups: dict[int, tuple[Plan, list[tuple[Any, ...]]]] = {}
-        for position, plan, values in rows:
-            group = groups.get(id(plan))
-            if group is None:
-                group = groups[id(plan)] = (plan, [])
-            group[1].append((position, *values))
-        chunk = _StagedChunk(first=min(r[0] for r in rows), last=max(r[0] for r in rows))
-        for plan, group_rows in groups.values():
-            set_id = self._column_set_id(plan.columns)
-            chunk.column_sets.add(set_id)
-            names = [POSITION, *plan.columns]
-            if self.dialect == "postgresql":
-                self._copy_rows(names, set_id, group_rows)
+        staged = _StagedChunk(
+            first=min(g.first for g in chunk.groups), last=max(g.last for g in chunk.groups)
+        )
+        for group in chunk.groups:
+            self._column_sets[group.columns] = group.column_set
+            staged.column_sets.add(group.column_set)
+            if group.csv_text is not None:
+                self._copy(group)
             else:
+                names = [COLUMN_SET, POSITION, *group.columns]
                 self.conn.execute(
                     insert(self._stage),
-                    [{COLUMN_SET: set_id, **dict(zip(names, r, strict=True))} for r in group_rows],
+                    [dict(zip(names, row, strict=True)) for row in group.rows or ()],
                 )
-        self._chunks.append(chunk)
+        self._chunks.append(staged)
 
-    def _copy_rows(self, names: list[str], set_id: int, rows: list[tuple[Any, ...]]) -> None:
-        """COPY rows into the stage in CSV form, which the csv module writes in C.
-
-        In CSV COPY an unquoted empty field is NULL. Parse never yields an empty
-        string (blank means NULL), so None written as empty is exactly NULL; other
-        values print as PostgreSQL reads them (True, 2026-01-05 09:15:00, 1.5).
-        """
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows((set_id, *row) for row in rows)
-        buffer.seek(0)
+    def _copy(self, group: StagedGroup) -> None:
+        """COPY one group's CSV lines into the stage."""
         dbapi = self.conn.connection.dbapi_connection
-        assert dbapi is not None
+        assert dbapi is not None and group.csv_text is not None
         quote = self.conn.dialect.identifier_preparer.quote
-        columns = ", ".join(quote(name) for name in [COLUMN_SET, *names])
-        sql = f"COPY {self._stage.name} ({columns}) FROM STDIN WITH (FORMAT csv)"
-
-        def copy() -> None:
-            cursor: Any = dbapi.cursor()
-            try:
-                cursor.copy_expert(sql, buffer, size=1 << 20)
-            finally:
-                cursor.close()
-
-        # The server ingests this chunk while we read and parse the next one: psycopg2
-        # lets go of the GIL while it waits. One COPY in flight at a time, and nothing
-        # else touches the connection until it is done (_wait_for_copy).
-        self._wait_for_copy()
-        if self._copier is None:
-            self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otc-copy")
-        self._pending_copy = self._copier.submit(copy)
-
-    def _wait_for_copy(self) -> None:
-        """Let the COPY in flight finish (raising its error) before the connection is used."""
-        pending, self._pending_copy = self._pending_copy, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        """Wait for any COPY in flight and stop the copy thread (also after a failure)."""
+        columns = ", ".join(quote(name) for name in [COLUMN_SET, POSITION, *group.columns])
+        cursor: Any = dbapi.cursor()
         try:
-            self._wait_for_copy()
+            cursor.copy_expert(
+                f"COPY {self._stage.name} ({columns}) FROM STDIN WITH (FORMAT csv)",
+                io.StringIO(group.csv_text),
+                size=1 << 20,
+            )
         finally:
-            if self._copier is not None:
-                self._copier.shutdown(wait=True)
-                self._copier = None
+            cursor.close()
 
     def _store_rejects(self, rejects: Sequence[Reject]) -> None:
         self.counts.rejected += len(rejects)
@@ -225,7 +252,6 @@ class ViewLoader:
 
     def finish(self, progress: Callable[[int], None] | None = None) -> LoadCounts:
         """Drop in-load duplicates (the last occurrence wins), then merge chunk by chunk."""
-        self._wait_for_copy()
         if not self._chunks:
             return self.counts
         Index(f"{self._stage.name}_position", self._stage.c[POSITION]).create(self.conn)

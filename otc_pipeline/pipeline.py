@@ -7,11 +7,14 @@ view. Nothing here prints: callers get a :class:`RunSummary` per view.
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from itertools import islice
+from multiprocessing.connection import Connection as Connection_
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from sqlalchemy import Connection, Engine
 from . import migrate, runs
 from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError
-from .load import ViewLoader
+from .load import ChunkEncoder, ParsedChunk, ViewLoader
 from .parse import Parser, Plan, Reject, load_timezone
 from .settings import timezone_name
 from .views import VIEW_ORDER, VIEWS, View
@@ -134,6 +137,106 @@ def _check_first_record(view: View, parser: Parser, record: Any, source: str) ->
     )
 
 
+def parsed_chunks(
+    view: View,
+    source: Source,
+    source_text: str,
+    chunk_size: int,
+    timezone: tzinfo,
+    as_csv: bool,
+) -> Iterator[ParsedChunk]:
+    """Read and parse a source chunk by chunk: the source and parse stages of a load."""
+    parser = Parser(view, timezone)
+    encoder = ChunkEncoder(as_csv)
+    records = _records(view, source)
+    first = True
+    while True:
+        batch = list(islice(records, chunk_size))
+        if not batch:
+            return
+        if first:
+            _check_first_record(view, parser, batch[0][1], source_text)
+            first = False
+        rows: list[tuple[int, Plan, tuple[Any, ...]]] = []
+        rejects: list[Reject] = []
+        for position, record in batch:
+            parsed = parser.parse(position, record)
+            if isinstance(parsed, Reject):
+                rejects.append(parsed)
+            else:
+                rows.append((position, parsed[0], parsed[1]))
+        yield ParsedChunk(
+            encoder.encode(rows), rejects, len(batch), frozenset(parser.unknown_fields)
+        )
+
+
+def _produce(
+    sender: Connection_,
+    view_name: str,
+    source: Path | str,
+    source_text: str,
+    chunk_size: int,
+    timezone: tzinfo,
+) -> None:
+    """Child process: read and parse the source, send each chunk to the loading parent."""
+    # Ctrl-C reaches the whole process group; the parent decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for chunk in parsed_chunks(
+            VIEWS[view_name], source, source_text, chunk_size, timezone, True
+        ):
+            sender.send(("chunk", chunk))
+        sender.send(("done", None))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+        try:
+            sender.send(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle
+            sender.send(("error", SourceError(f"{source_text}: {type(exc).__name__}: {exc}")))
+    finally:
+        sender.close()
+
+
+def _chunks_from_producer(
+    view: View, source: Path | str, source_text: str, chunk_size: int, timezone: tzinfo
+) -> Iterator[ParsedChunk]:
+    """Parsed chunks from a child process, so reading and parsing run beside the database.
+
+    The parent spends its time in COPY and in the merge, the child in ijson, csv and
+    the coercions: on two cores the load takes about as long as the slower of them.
+    The pipe holds one chunk, so memory stays flat whichever side is slower.
+    """
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    producer = context.Process(
+        target=_produce,
+        args=(sender, view.name, source, source_text, chunk_size, timezone),
+        name=f"otc-read-{view.name}",
+        daemon=True,
+    )
+    producer.start()
+    sender.close()
+    try:
+        while True:
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:
+                raise SourceError(
+                    f"{source_text}: the reading process stopped unexpectedly "
+                    f"(exit code {producer.exitcode}); run again"
+                ) from None
+            if kind == "chunk":
+                yield payload
+            elif kind == "error":
+                raise payload
+            else:
+                return
+    finally:
+        receiver.close()
+        if producer.is_alive():
+            producer.terminate()
+        producer.join(10)
+
+
 def load_view(
     engine: Engine | Connection,
     view_name: str,
@@ -182,31 +285,21 @@ def _run(
 ) -> RunSummary:
     started = time.monotonic()
     summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
-    parser = Parser(view, timezone)
     loader: ViewLoader | None = None
+    unknown_fields: frozenset[str] = frozenset()
     try:
         with connection(engine) as conn:
             transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
             try:
                 loader = ViewLoader(conn, view, run_id)
-                records = _records(view, source)
-                first = True
-                while True:
-                    batch = list(islice(records, chunk_size))
-                    if not batch:
-                        break
-                    if first:
-                        _check_first_record(view, parser, batch[0][1], source_text)
-                        first = False
-                    rows: list[tuple[int, Plan, tuple[Any, ...]]] = []
-                    rejects: list[Reject] = []
-                    for position, record in batch:
-                        parsed = parser.parse(position, record)
-                        if isinstance(parsed, Reject):
-                            rejects.append(parsed)
-                        else:
-                            rows.append((position, parsed[0], parsed[1]))
-                    loader.stage(rows, rejects)
+                as_csv = conn.dialect.name == "postgresql"
+                if as_csv and isinstance(source, str | Path):
+                    chunks = _chunks_from_producer(view, source, source_text, chunk_size, timezone)
+                else:
+                    chunks = parsed_chunks(view, source, source_text, chunk_size, timezone, as_csv)
+                for chunk in chunks:
+                    loader.stage(chunk)
+                    unknown_fields = chunk.unknown_fields
                     if progress is not None:
                         progress(view.name, loader.counts.fetched)
                 loader.finish()
@@ -216,13 +309,8 @@ def _run(
                 else:
                     transaction.commit()
             except BaseException:
-                if loader is not None:
-                    _close_quietly(loader)
                 transaction.rollback()
                 raise
-            finally:
-                if loader is not None:
-                    loader.close()
     except (Exception, KeyboardInterrupt) as exc:
         summary.status = "failed"
         summary.error = _error_text(exc, source_text)
@@ -253,10 +341,8 @@ def _run(
     assert loader is not None
     _copy_counts(summary, loader)
     summary.latest_source_time = loader.latest_source_time
-    if parser.unknown_fields:
-        summary.warnings.insert(
-            0, "unknown fields ignored: " + ", ".join(sorted(parser.unknown_fields))
-        )
+    if unknown_fields:
+        summary.warnings.insert(0, "unknown fields ignored: " + ", ".join(sorted(unknown_fields)))
     summary.status = "dry-run" if dry_run else ("partial" if summary.rejected else "success")
     summary.duration_s = round(time.monotonic() - started, 3)
     if run_id is not None:
@@ -286,14 +372,6 @@ def after_load(conn: Any, view: View, loader: ViewLoader, summary: RunSummary) -
         except ImportError:  # the analyst layer is optional while it is being built
             return
         summary.warnings.extend(users.refresh_from_timesheets(conn))
-
-
-def _close_quietly(loader: ViewLoader) -> None:
-    """Stop the loader's COPY thread before rolling back; the first error is the one to report."""
-    try:
-        loader.close()
-    except Exception:  # noqa: BLE001 - the error already on its way out matters more
-        pass
 
 
 def _copy_counts(summary: RunSummary, loader: ViewLoader) -> None:

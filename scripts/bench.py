@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ class ChildResult:
 
 
 def _peak_rss_mb(pid: int) -> float | None:
-    """The process's own peak RSS (VmHWM) so far, or None once it has gone."""
+    """A process's own peak RSS (VmHWM) so far, or None once it has gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -60,20 +61,28 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildResult:
-    """Run a child; return its wall time, its own peak RSS and its output.
+    """Run a child; return its wall time, its peak RSS (with its own children) and output.
 
-    The peak is read from /proc/PID/status (VmHWM) while the child runs: the
+    Peaks are read from /proc/PID/status (VmHWM) while the processes run: the
     rusage of a waited child would also count this (large) parent's memory at
-    fork time, which Linux carries over into the child's ru_maxrss.
+    fork time, which Linux carries over into the child's ru_maxrss. The load's
+    reading process is counted too: the peak reported is the sum of each
+    process's own peak, an upper bound of what they held at any one time.
     """
     started = time.perf_counter()
+    peaks: dict[int, float] = {}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stdout=out, stderr=err, env=env)
-        peak = 0.0
+        watched = psutil.Process(proc.pid)
         while proc.poll() is None:
-            seen = _peak_rss_mb(proc.pid)
-            if seen is not None:
-                peak = max(peak, seen)
+            try:
+                pids = [proc.pid] + [c.pid for c in watched.children(recursive=True)]
+            except psutil.Error:
+                pids = [proc.pid]
+            for pid in pids:
+                seen = _peak_rss_mb(pid)
+                if seen is not None:
+                    peaks[pid] = max(peaks.get(pid, 0.0), seen)
             time.sleep(0.05)
         seconds = time.perf_counter() - started
         out.seek(0)
@@ -81,7 +90,7 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildRes
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode not in (0, 3):
         raise SystemExit(f"child failed ({proc.returncode}): {' '.join(args)}\n{stderr}")
-    return ChildResult(seconds, peak, stdout)
+    return ChildResult(seconds, sum(peaks.values()), stdout)
 
 
 # --- throwaway databases ------------------------------------------------------------------
