@@ -190,7 +190,7 @@ def load(
     database_url: DatabaseUrlOption = None,
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", min=1, help="Rows per upsert chunk.")
-    ] = 5000,
+    ] = 20000,
     as_json: JsonOption = False,
     dry_run: Annotated[
         bool,

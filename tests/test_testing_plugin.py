@@ -7,7 +7,6 @@ it in a subprocess, so the plugin arrives the way users get it: through the
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import subprocess
@@ -194,18 +193,6 @@ def test_downstream_project_uses_fixtures_and_factories(
         assert not database_exists(name), f"{name} was not dropped"
 
 
-def _load_view_takes_a_connection() -> bool:
-    from otc_pipeline.pipeline import load_view
-
-    bind = next(iter(inspect.signature(load_view).parameters.values()))
-    return "Connection" in str(bind.annotation)
-
-
-@pytest.mark.xfail(
-    not _load_view_takes_a_connection(),
-    reason="otc_load needs pipeline.load_view(Engine | Connection): see the testing plugin report",
-    strict=True,
-)
 def test_otc_load_runs_a_real_load_inside_the_test_transaction(
     pytester: pytest.Pytester, server_args: list[str]
 ) -> None:
@@ -215,22 +202,15 @@ def test_otc_load_runs_a_real_load_inside_the_test_transaction(
     assert passed(result.stdout) == 3
 
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "testing-your-app.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def docs_example() -> str:
-    """The complete example test file of the README section."""
-    if not DOCS.is_file():
-        pytest.skip(f"{DOCS} is gone (pasted into README.md?)")
-    section = DOCS.read_text().split("### A complete example", 1)[1]
+    """The complete example test file of the README section "Testing your app"."""
+    section = README.read_text().split("### A complete example", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-@pytest.mark.xfail(
-    not _load_view_takes_a_connection(),
-    reason="otc_load needs pipeline.load_view(Engine | Connection): see the testing plugin report",
-    strict=True,
-)
 def test_the_documented_example_passes(pytester: pytest.Pytester, server_args: list[str]) -> None:
     pytester.makepyfile(test_backlog=docs_example())
     result = run_downstream(pytester.path, *server_args)
