@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, tzinfo
-from itertools import islice
 from multiprocessing.connection import Connection as Connection_
 from pathlib import Path
 from typing import Any
@@ -148,26 +147,28 @@ def parsed_chunks(
     """Read and parse a source chunk by chunk: the source and parse stages of a load."""
     parser = Parser(view, timezone)
     encoder = ChunkEncoder(as_csv)
-    records = _records(view, source)
+    rows: list[tuple[int, Plan, tuple[Any, ...]]] = []
+    rejects: list[Reject] = []
+    records = 0
     first = True
-    while True:
-        batch = list(islice(records, chunk_size))
-        if not batch:
-            return
+    # Each record is parsed as it arrives and then let go: a chunk holds parsed values only.
+    for position, record in _records(view, source):
         if first:
-            _check_first_record(view, parser, batch[0][1], source_text)
+            _check_first_record(view, parser, record, source_text)
             first = False
-        rows: list[tuple[int, Plan, tuple[Any, ...]]] = []
-        rejects: list[Reject] = []
-        for position, record in batch:
-            parsed = parser.parse(position, record)
-            if isinstance(parsed, Reject):
-                rejects.append(parsed)
-            else:
-                rows.append((position, parsed[0], parsed[1]))
-        yield ParsedChunk(
-            encoder.encode(rows), rejects, len(batch), frozenset(parser.unknown_fields)
-        )
+        parsed = parser.parse(position, record)
+        if isinstance(parsed, Reject):
+            rejects.append(parsed)
+        else:
+            rows.append((position, parsed[0], parsed[1]))
+        records += 1
+        if records == chunk_size:
+            yield ParsedChunk(
+                encoder.encode(rows), rejects, records, frozenset(parser.unknown_fields)
+            )
+            rows, rejects, records = [], [], 0
+    if records:
+        yield ParsedChunk(encoder.encode(rows), rejects, records, frozenset(parser.unknown_fields))
 
 
 def _produce(

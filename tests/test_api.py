@@ -554,3 +554,49 @@ def test_a_failed_fetch_fails_the_run_and_leaves_the_table_unchanged(
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(COMMENTS.table)).scalar() == 25
     assert server.request_count == 2
+
+
+def test_rolling_windows_merge_into_history(
+    server: OtcServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: Any
+) -> None:
+    """A later window that no longer holds old comments adds and updates, never deletes."""
+    from sqlalchemy import select
+
+    from otc_pipeline.pipeline import load_view
+    from otc_pipeline.views import COMMENTS
+
+    for name, value in small_limits(server, tmp_path / "state").items():
+        monkeypatch.setenv(name, value)
+    server.views["comments"] = list(comment_records(20))
+    assert load_view(engine, "comments", "api").inserted == 20
+    # The window moved on: the first ten fell out, five were edited, ten are new.
+    later = list(comment_records(20, start=10))
+    for record in later[:5]:
+        record["TKTCT-Comment"] = "edited"
+    server.views["comments"] = later
+    summary = load_view(engine, "comments", "api")
+    assert (summary.inserted, summary.updated, summary.unchanged) == (10, 5, 5)
+    with engine.connect() as conn:
+        ids = list(conn.scalars(select(COMMENTS.table.c.comment_id)))
+    assert len(ids) == 30
+
+
+def test_load_all_goes_on_after_a_failed_view_keeps_the_gap_and_exits_1(
+    server: OtcServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    from otc_pipeline.cli import app
+
+    limits = small_limits(server, tmp_path / "state", OTC_API_VIEW_GAP_S="0.5")
+    for name, value in limits.items():
+        monkeypatch.setenv(name, value)
+    server.queue(status(401))  # the first view (tickets) is refused
+    result = CliRunner().invoke(app, ["load", "all", "--database-url", db_url, "--json"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    import json
+
+    statuses = {o["view"]: o["status"] for o in map(json.loads, lines)}
+    assert statuses == {"tickets": "failed", "timesheets": "success", "comments": "success"}
+    starts = [r.at for r in server.seen]
+    assert len(starts) == 3
+    assert all(b - a >= 0.5 for a, b in zip(starts, starts[1:], strict=False))
