@@ -320,22 +320,7 @@ def _run(
         # Counts of a failed run describe what was read, not what was written.
         summary.inserted = summary.updated = summary.unchanged = 0
         summary.duration_s = round(time.monotonic() - started, 3)
-        if run_id is not None:
-            runs.close_run(
-                engine,
-                run_id,
-                status="failed",
-                fetched=summary.fetched,
-                inserted=0,
-                updated=0,
-                unchanged=0,
-                duplicates=summary.duplicates,
-                rejected=summary.rejected,
-                duration_s=summary.duration_s,
-                warnings=summary.warnings,
-                error=summary.error,
-                latest_source_time=None,
-            )
+        _close_run(engine, summary)
         if isinstance(exc, KeyboardInterrupt):
             raise
         return summary
@@ -346,23 +331,29 @@ def _run(
         summary.warnings.insert(0, "unknown fields ignored: " + ", ".join(sorted(unknown_fields)))
     summary.status = "dry-run" if dry_run else ("partial" if summary.rejected else "success")
     summary.duration_s = round(time.monotonic() - started, 3)
-    if run_id is not None:
-        runs.close_run(
-            engine,
-            run_id,
-            status=summary.status,
-            fetched=summary.fetched,
-            inserted=summary.inserted,
-            updated=summary.updated,
-            unchanged=summary.unchanged,
-            duplicates=summary.duplicates,
-            rejected=summary.rejected,
-            duration_s=summary.duration_s,
-            warnings=summary.warnings,
-            error=None,
-            latest_source_time=summary.latest_source_time,
-        )
+    _close_run(engine, summary)
     return summary
+
+
+def _close_run(engine: Engine | Connection, summary: RunSummary) -> None:
+    """Write the run's final record (nothing for a dry run, which has no run)."""
+    if summary.run_id is None:
+        return
+    runs.close_run(
+        engine,
+        summary.run_id,
+        status=summary.status,
+        fetched=summary.fetched,
+        inserted=summary.inserted,
+        updated=summary.updated,
+        unchanged=summary.unchanged,
+        duplicates=summary.duplicates,
+        rejected=summary.rejected,
+        duration_s=summary.duration_s,
+        warnings=summary.warnings,
+        error=summary.error,
+        latest_source_time=summary.latest_source_time,
+    )
 
 
 def after_load(conn: Any, view: View, loader: ViewLoader, summary: RunSummary) -> None:
