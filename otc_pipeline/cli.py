@@ -438,11 +438,5 @@ def users_refresh(database_url: DatabaseUrlOption = None) -> None:
         typer.echo(f"  warning: {warning}")
 
 
-def run() -> None:  # pragma: no cover - console entry point helper
+if __name__ == "__main__":  # pragma: no cover - `python -m otc_pipeline.cli`
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
-
-__all__ = ["app", "Path"]

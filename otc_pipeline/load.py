@@ -8,9 +8,11 @@ How a load moves rows (one transaction, owned by the caller):
 2. **Deduplicate**: within one load the last occurrence of a key wins; the
    earlier ones are deleted from the stage and counted as duplicates. Doing it
    in the database keeps memory flat however large the export.
-3. **Merge**: per staged chunk, ``insert().from_select(...).on_conflict_do_update()``
-   with a WHERE that skips rows whose values did not change, so unchanged rows
-   are not rewritten. Only the columns the source carried are written.
+3. **Drop unchanged**: staged rows the table already holds exactly are deleted
+   from the stage and counted as unchanged, so they are never touched.
+4. **Merge**: per staged chunk, ``insert().from_select(...).on_conflict_do_update()``
+   with a WHERE that skips rows whose values did not change (a safety net for
+   rows changed meanwhile). Only the columns the source carried are written.
    A chunk the database refuses is retried in halves inside savepoints until
    the refused rows are isolated as rejects; the rest loads.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -250,7 +252,7 @@ class ViewLoader:
 
     # --- deduplicate and merge -----------------------------------------------------
 
-    def finish(self, progress: Callable[[int], None] | None = None) -> LoadCounts:
+    def finish(self) -> LoadCounts:
         """Drop in-load duplicates (the last occurrence wins), then merge chunk by chunk."""
         if not self._chunks:
             return self.counts
@@ -271,8 +273,6 @@ class ViewLoader:
         for chunk in self._chunks:
             for set_id in sorted(chunk.column_sets):
                 self._merge_range(set_columns[set_id], set_id, chunk.first, chunk.last)
-            if progress is not None:
-                progress(chunk.last)
         # Inside a caller's transaction (the otc_load fixture) nothing commits, so a
         # second load of the view in that transaction needs the name free again.
         self._stage.drop(self.conn)
@@ -342,55 +342,41 @@ class ViewLoader:
         return (stage.c[COLUMN_SET] == set_id) & stage.c[POSITION].between(first, last)
 
     def _merge(self, columns: tuple[str, ...], set_id: int, first: int, last: int) -> None:
-        target = self.view.table
-        stage = self._stage
-        source = select(*[stage.c[c] for c in columns]).where(self._in_range(set_id, first, last))
-        if self.dialect == "postgresql":
-            pg_stmt = postgresql.insert(target).from_select(list(columns), source)
-            updates = [c for c in columns if c not in self.view.key]
-            if updates:
-                upsert = pg_stmt.on_conflict_do_update(
-                    **_pg_conflict_target(target, self.view),
-                    set_={target.c[c]: pg_stmt.excluded[c] for c in updates},
-                    where=or_(
-                        *[target.c[c].is_distinct_from(pg_stmt.excluded[c]) for c in updates]
-                    ),
-                )
-            else:
-                upsert = pg_stmt.on_conflict_do_nothing(**_pg_conflict_target(target, self.view))
-            # xmax = 0 marks a freshly inserted row; unchanged rows are not returned.
-            flags: Sequence[bool] = (
-                self.conn.execute(upsert.returning(literal_column("(xmax = 0)"))).scalars().all()
+        """One upsert of the staged rows of one column set in [first, last], counted."""
+        target, stage = self.view.table, self._stage
+        in_range = self._in_range(set_id, first, last)
+        sent = self.conn.execute(
+            select(func.count()).select_from(stage).where(in_range)
+        ).scalar_one()
+        # WHERE true: SQLite would otherwise read "ON CONFLICT" as part of the SELECT.
+        source = select(*[stage.c[c] for c in columns]).where(in_range, true())
+        insert_into = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        statement = insert_into(target).from_select(list(columns), source)
+        arbiter = _conflict_target(target, self.view, self.dialect)
+        updates = [c for c in columns if c not in self.view.key]
+        if updates:
+            upsert = statement.on_conflict_do_update(
+                **arbiter,
+                set_={target.c[c]: statement.excluded[c] for c in updates},
+                # A row whose values did not change is neither rewritten nor returned.
+                where=or_(*[target.c[c].is_distinct_from(statement.excluded[c]) for c in updates]),
             )
-            inserted = sum(1 for f in flags if f)
-            written = len(flags)
-            sent = self.conn.execute(
-                select(func.count()).where(self._in_range(set_id, first, last)).select_from(stage)
-            ).scalar_one()
+        else:
+            upsert = statement.on_conflict_do_nothing(**arbiter)
+        if self.dialect == "postgresql":
+            # xmax = 0 marks a freshly inserted row.
+            marks: list[bool] = list(
+                self.conn.execute(upsert.returning(literal_column("(xmax = 0)"))).scalars()
+            )
+            inserted, written = sum(marks), len(marks)
         else:
             existing = self.conn.execute(
                 select(func.count())
                 .select_from(stage)
                 .join(target, _key_match(target, stage, self.view))
-                .where(self._in_range(set_id, first, last))
+                .where(in_range)
             ).scalar_one()
-            sent = self.conn.execute(
-                select(func.count()).where(self._in_range(set_id, first, last)).select_from(stage)
-            ).scalar_one()
-            lite_stmt = sqlite.insert(target).from_select(list(columns), source.where(true()))
-            updates = [c for c in columns if c not in self.view.key]
-            index_elements = _sqlite_conflict_target(target, self.view)
-            if updates:
-                lite_upsert = lite_stmt.on_conflict_do_update(
-                    index_elements=index_elements,
-                    set_={target.c[c]: lite_stmt.excluded[c] for c in updates},
-                    where=or_(
-                        *[target.c[c].is_distinct_from(lite_stmt.excluded[c]) for c in updates]
-                    ),
-                )
-            else:
-                lite_upsert = lite_stmt.on_conflict_do_nothing(index_elements=index_elements)
-            written = len(self.conn.execute(lite_upsert.returning(literal_column("1"))).all())
+            written = len(self.conn.execute(upsert.returning(literal_column("1"))).all())
             inserted = sent - existing
         self.counts.inserted += inserted
         self.counts.updated += written - inserted
@@ -407,17 +393,13 @@ class ViewLoader:
         )
 
 
-def _pg_conflict_target(target: Table, view: View) -> dict[str, Any]:
-    """The arbiter of the upsert: the unique entry for timesheets, else the primary key."""
+def _conflict_target(target: Table, view: View, dialect: str) -> dict[str, Any]:
+    """The upsert's arbiter: timesheets' unique entry (per dialect), else the primary key."""
     if view.name == "timesheets":
-        return {"constraint": "timesheets_unique_entry"}
+        if dialect == "postgresql":
+            return {"constraint": "timesheets_unique_entry"}
+        return {"index_elements": list(TIMESHEETS_SQLITE_KEY)}
     return {"index_elements": [target.c[k] for k in view.key]}
-
-
-def _sqlite_conflict_target(target: Table, view: View) -> list[Any]:
-    if view.name == "timesheets":
-        return list(TIMESHEETS_SQLITE_KEY)
-    return [target.c[k] for k in view.key]
 
 
 def _key_match(target: Table, stage: Table, view: View) -> Any:
