@@ -13,7 +13,9 @@ and dropped here; no other database is touched):
 6. peak RSS of a load streamed from a local OTC API server sending a large body
    (--api-mb, 0 to skip).
 
-Ratios are printed against the targets of the load and API issues.
+Steps 1–3 run --repeat times (default 3; each first load on a fresh database) and
+the medians are reported. Ratios are printed against the targets of the load and
+API issues.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class ChildResult:
     seconds: float
     peak_rss_mb: float
     stdout: str
+
+
+def median_run(runs: list[ChildResult], seconds: Any) -> ChildResult:
+    """The run whose own clock is the median of the runs'."""
+    return sorted(runs, key=seconds)[len(runs) // 2]
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -363,23 +370,29 @@ def main() -> None:
             f"in {time.perf_counter() - t:.1f} s"
         )
 
-        ours = server.create()
-        url = url_for(args.server, ours)
-        migrate_head(url)
-        first = run_measured(
-            [*OTC, "load", "timesheets", "--from", str(path), "--database-url", url, "--json"], env
-        )
-        summary = json.loads(first.stdout)
-        written_first = written_rows(dsn_for(args.server, ours))
-        reload = run_measured(
-            [*OTC, "load", "timesheets", "--from", str(path), "--database-url", url, "--json"], env
-        )
-        resummary = json.loads(reload.stdout)
-        written_reload = written_rows(dsn_for(args.server, ours)) - written_first
-
-        old_db = server.create()
-        migrate_head(url_for(args.server, old_db))
-        old = run_measured([PYTHON, "-c", OLD_LOADER, str(path), dsn_for(args.server, old_db)], env)
+        # Each measurement runs --repeat times, each first load and old-loader run on a
+        # fresh database; the medians are reported (this machine varies by ±15%).
+        load_args = [*OTC, "load", "timesheets", "--from", str(path), "--json"]
+        firsts, reloads, olds, written_reload = [], [], [], 0
+        for _ in range(args.repeat):
+            ours = server.create()
+            url = url_for(args.server, ours)
+            migrate_head(url)
+            firsts.append(run_measured([*load_args, "--database-url", url], env))
+            before = written_rows(dsn_for(args.server, ours))
+            reloads.append(run_measured([*load_args, "--database-url", url], env))
+            written_reload = max(written_reload, written_rows(dsn_for(args.server, ours)) - before)
+            old_db = server.create()
+            migrate_head(url_for(args.server, old_db))
+            olds.append(
+                run_measured(
+                    [PYTHON, "-c", OLD_LOADER, str(path), dsn_for(args.server, old_db)], env
+                )
+            )
+        first = median_run(firsts, lambda r: json.loads(r.stdout)["duration_s"])
+        reload = median_run(reloads, lambda r: json.loads(r.stdout)["duration_s"])
+        old = median_run(olds, lambda r: json.loads(r.stdout)["seconds"])
+        summary, resummary = json.loads(first.stdout), json.loads(reload.stdout)
 
         copy_db = server.create()
         migrate_head(url_for(args.server, copy_db))
@@ -389,6 +402,7 @@ def main() -> None:
         # `duration_s`; the old loader times itself the same way), so interpreter start
         # and imports count for neither. Wall times of the whole processes are shown too.
         rows = args.rows
+        print(f"(medians of {args.repeat} runs each)")
         first_s, reload_s = summary["duration_s"], resummary["duration_s"]
         old_s = json.loads(old.stdout)["seconds"]
         print(

@@ -235,6 +235,22 @@ def test_load_refuses_a_database_behind_head(empty_db_url: str, samples: Path) -
     assert "run `otc db upgrade`" in result.stderr
 
 
+def test_load_refuses_a_legacy_database_not_yet_adopted(
+    empty_db_url: str, samples: Path, dialect: str
+) -> None:
+    assert otc("db", "upgrade", "0001_baseline", "--database-url", empty_db_url).exit_code == 0
+    engine = make_engine(empty_db_url)
+    with engine.begin() as conn:  # what the old scripts left: the tables, no Alembic version
+        table = "servicedesk.alembic_version" if dialect == "postgresql" else "alembic_version"
+        conn.exec_driver_sql(f"DROP TABLE {table}")
+    engine.dispose()
+    result = otc(
+        "load", "tickets", "--from", str(samples / "tickets.json"), "--database-url", empty_db_url
+    )
+    assert result.exit_code == 2
+    assert "run `otc db adopt` first" in result.stderr
+
+
 def test_dry_run_through_the_cli(db_url: str, samples: Path) -> None:
     result = otc(
         "load",
