@@ -341,6 +341,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=100_000, help="timesheet rows (default 100000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument(
         "--big-rows", type=int, default=1_000_000, help="rows of the RSS run (0 skips)"
     )
