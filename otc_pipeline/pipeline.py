@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from . import migrate, runs
+from . import migrate, runs, users
 from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError
 from .load import ChunkEncoder, ParsedChunk, ViewLoader
@@ -304,7 +304,7 @@ def _run(
                     if progress is not None:
                         progress(view.name, loader.counts.fetched)
                 loader.finish()
-                after_load(conn, view, loader, summary)
+                after_load(conn, view, summary)
                 if dry_run:
                     transaction.rollback()
                 else:
@@ -356,13 +356,10 @@ def _close_run(engine: Engine | Connection, summary: RunSummary) -> None:
     )
 
 
-def after_load(conn: Any, view: View, loader: ViewLoader, summary: RunSummary) -> None:
+def after_load(conn: Connection, view: View, summary: RunSummary) -> None:
     """Work that belongs to a view's load transaction once its rows are merged."""
     if view.name == "timesheets":
-        try:
-            from . import users
-        except ImportError:  # the analyst layer is optional while it is being built
-            return
+        # Timesheet rows carry both names: the one reliable source for user_lookup.
         summary.warnings.extend(users.refresh_from_timesheets(conn))
 
 
