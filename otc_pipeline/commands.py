@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,44 +15,52 @@ from . import migrate, pipeline, runs
 from .db import connect_engine
 from .errors import ConfigError, SchemaNotReady, SourceError
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
-from .settings import database_setting
+from .settings import database_setting, mask_url
 from .views import VIEW_ORDER, VIEWS
 
 
-def db_upgrade(database_url: str | None, revision: str = "head") -> str:
-    setting = database_setting(database_url)
-    engine = connect_engine(setting)
+@contextmanager
+def _database(database_url: str | None, *, at_head: bool = False) -> Iterator[Engine]:
+    """An engine on the configured database, disposed of afterwards.
+
+    With ``at_head``, a database that is empty, behind or not adopted is refused
+    with the command that fixes it (for commands that only read the records).
+    """
+    engine = connect_engine(database_setting(database_url))
     try:
-        return migrate.upgrade(engine, revision)
+        state = migrate.state(engine) if at_head else "head"
+        if state == "empty":
+            raise SchemaNotReady(
+                "the database is empty; load something first (`otc load all --from DIR`)"
+            )
+        if state != "head":
+            raise SchemaNotReady(
+                f"the database schema is not at head ({state}); "
+                "run `otc db upgrade` or `otc db adopt`"
+            )
+        yield engine
     finally:
         engine.dispose()
+
+
+def db_upgrade(database_url: str | None, revision: str = "head") -> str:
+    with _database(database_url) as engine:
+        return migrate.upgrade(engine, revision)
 
 
 def db_downgrade(database_url: str | None, revision: str) -> str:
-    setting = database_setting(database_url)
-    engine = connect_engine(setting)
-    try:
+    with _database(database_url) as engine:
         return migrate.downgrade(engine, revision)
-    finally:
-        engine.dispose()
 
 
 def db_current(database_url: str | None) -> str:
-    setting = database_setting(database_url)
-    engine = connect_engine(setting)
-    try:
-        return f"{setting.masked}: {migrate.describe_current(engine)}"
-    finally:
-        engine.dispose()
+    with _database(database_url) as engine:
+        return f"{mask_url(engine.url)}: {migrate.describe_current(engine)}"
 
 
 def db_adopt(database_url: str | None) -> str:
-    setting = database_setting(database_url)
-    engine = connect_engine(setting)
-    try:
+    with _database(database_url) as engine:
         return migrate.adopt(engine)
-    finally:
-        engine.dispose()
 
 
 # --- load and its records ----------------------------------------------------------------
@@ -90,8 +99,7 @@ def load(
         def between() -> None:
             api.wait_between_views(settings)
 
-    engine = connect_engine(database_setting(database_url))
-    try:
+    with _database(database_url) as engine:
         if view == "all":
             return pipeline.load_all(
                 engine,
@@ -111,8 +119,6 @@ def load(
                 progress=progress,
             )
         ]
-    finally:
-        engine.dispose()
 
 
 def _run_dict(run: EtlRun) -> dict[str, Any]:
@@ -138,39 +144,19 @@ def _run_dict(run: EtlRun) -> dict[str, Any]:
     }
 
 
-def _open_at_head(database_url: str | None) -> Engine:
-    engine = connect_engine(database_setting(database_url))
-    state = migrate.state(engine)
-    if state == "empty":
-        engine.dispose()
-        raise SchemaNotReady(
-            "the database is empty; load something first (`otc load all --from DIR`)"
-        )
-    if state != "head":
-        engine.dispose()
-        raise SchemaNotReady(
-            f"the database schema is not at head ({state}); run `otc db upgrade` or `otc db adopt`"
-        )
-    return engine
-
-
 def runs_history(database_url: str | None, view: str | None, limit: int) -> list[dict[str, Any]]:
     """The latest runs, newest first."""
-    engine = _open_at_head(database_url)
-    try:
+    with _database(database_url, at_head=True) as engine:
         with Session(engine) as session:
             query = select(EtlRun).order_by(EtlRun.id.desc()).limit(limit)
             if view:
                 query = query.where(EtlRun.view_name == view)
             return [_run_dict(r) for r in session.scalars(query)]
-    finally:
-        engine.dispose()
 
 
 def rejects(database_url: str | None, run_id: int | None, limit: int) -> list[dict[str, Any]]:
     """Rejected rows of one run (default: the latest run that rejected any)."""
-    engine = _open_at_head(database_url)
-    try:
+    with _database(database_url, at_head=True) as engine:
         with Session(engine) as session:
             if run_id is None:
                 run_id = session.scalar(select(func.max(EtlReject.run_id)))
@@ -194,8 +180,6 @@ def rejects(database_url: str | None, run_id: int | None, limit: int) -> list[di
                 }
                 for r in session.scalars(query)
             ]
-    finally:
-        engine.dispose()
 
 
 STALE_AFTER = timedelta(hours=26)  # a daily cron run plus two hours of slack
@@ -203,10 +187,9 @@ STALE_AFTER = timedelta(hours=26)  # a daily cron run plus two hours of slack
 
 def status(database_url: str | None) -> list[dict[str, Any]]:
     """Per view: last run, last successful load and its age, rows, orphans, newest source time."""
-    engine = _open_at_head(database_url)
     now = runs.utcnow()
     result = []
-    try:
+    with _database(database_url, at_head=True) as engine:
         with Session(engine) as session:
             for name in VIEW_ORDER:
                 view = VIEWS[name]
@@ -245,8 +228,6 @@ def status(database_url: str | None) -> list[dict[str, Any]]:
                         "latest_source_time": newest,
                     }
                 )
-    finally:
-        engine.dispose()
     return result
 
 
@@ -275,34 +256,25 @@ def users_list(database_url: str | None) -> list[dict[str, Any]]:
     """Every user_lookup row, by short username."""
     from . import users
 
-    engine = _open_at_head(database_url)
-    try:
+    with _database(database_url, at_head=True) as engine:
         with engine.connect() as conn:
             return users.list_users(conn)
-    finally:
-        engine.dispose()
 
 
 def users_conflicts(database_url: str | None) -> list[dict[str, Any]]:
     """Short names with several full names (and the reverse), left as they were."""
     from . import users
 
-    engine = _open_at_head(database_url)
-    try:
+    with _database(database_url, at_head=True) as engine:
         with engine.connect() as conn:
             return users.conflicts(conn)
-    finally:
-        engine.dispose()
 
 
 def users_refresh(database_url: str | None) -> dict[str, Any]:
     """Fill user_lookup from timesheets in one transaction: added, adopted, conflicts, warnings."""
     from . import users
 
-    engine = _open_at_head(database_url)
-    try:
+    with _database(database_url, at_head=True) as engine:
         # A timesheets load refreshes user_lookup too: never both at once.
         with runs.view_lock(engine, "timesheets"), engine.begin() as conn:
             return users.refresh(conn)
-    finally:
-        engine.dispose()

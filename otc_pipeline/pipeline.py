@@ -364,13 +364,9 @@ def after_load(conn: Connection, view: View, summary: RunSummary) -> None:
 
 
 def _copy_counts(summary: RunSummary, loader: ViewLoader) -> None:
-    counts = loader.counts
-    summary.fetched = counts.fetched
-    summary.inserted = counts.inserted
-    summary.updated = counts.updated
-    summary.unchanged = counts.unchanged
-    summary.duplicates = counts.duplicates
-    summary.rejected = counts.rejected
+    """The loader's counts onto the summary (the same six names on both)."""
+    for name, value in asdict(loader.counts).items():
+        setattr(summary, name, value)
 
 
 def _error_text(exc: BaseException, source_text: str) -> str:

@@ -64,13 +64,7 @@ def read_file(path: Path) -> Iterator[SourceRecord]:
     file (no bytes, only whitespace, or only a header row) yields nothing.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise SourceError(
-            f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
-            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    _check_readable(path)
+    suffix = _checked_suffix(path)
     if path.stat().st_size == 0:
         # An empty export is a successful load of nothing, whatever its type.
         return _no_records()
@@ -84,13 +78,7 @@ def read_file(path: Path) -> Iterator[SourceRecord]:
 def read_header(path: Path) -> list[str] | None:
     """Return the field names in a CSV or XLSX header row; None for JSON or an empty file."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise SourceError(
-            f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
-            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    _check_readable(path)
+    suffix = _checked_suffix(path)
     if suffix == ".csv":
         with _open_csv(path) as f:
             reader = csv.reader(f, strict=True)
@@ -100,6 +88,18 @@ def read_header(path: Path) -> list[str] | None:
         _, header, _ = _open_xlsx(path)
         return header
     return None
+
+
+def _checked_suffix(path: Path) -> str:
+    """The file's suffix, once the file is known to be a readable export of a known type."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise SourceError(
+            f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    _check_readable(path)
+    return suffix
 
 
 def _check_readable(path: Path) -> None:
