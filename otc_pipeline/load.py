@@ -83,7 +83,7 @@ class StagedGroup:
     column_set: int
     first: int
     last: int
-    csv_text: str | None = None
+    csv: bytes | None = None  # UTF-8, as COPY reads it
     rows: list[tuple[Any, ...]] | None = None
 
 
@@ -169,8 +169,10 @@ class ChunkEncoder:
             set_id = self._column_sets[plan.columns]
             first, last = positions[0], positions[-1]
             if self.as_csv:
-                text = "".join(rows)
-                groups.append(StagedGroup(plan.columns, set_id, first, last, csv_text=text))
+                # Bytes: the loading process hands them to COPY as they are (a str would
+                # be copied into a StringIO at four bytes a character).
+                body = "".join(rows).encode()
+                groups.append(StagedGroup(plan.columns, set_id, first, last, csv=body))
             else:
                 groups.append(StagedGroup(plan.columns, set_id, first, last, rows=rows))
         return groups, duplicates
@@ -281,7 +283,7 @@ class ViewLoader:
         for group in chunk.groups:
             self._column_sets[group.columns] = group.column_set
             staged.column_sets.add(group.column_set)
-            if group.csv_text is not None:
+            if group.csv is not None:
                 self._copy(group)
             else:
                 names = [*STAGE_PREFIX, *group.columns]
@@ -303,14 +305,14 @@ class ViewLoader:
     def _copy(self, group: StagedGroup) -> None:
         """COPY one group's CSV lines into the stage."""
         dbapi = self.conn.connection.dbapi_connection
-        assert dbapi is not None and group.csv_text is not None
+        assert dbapi is not None and group.csv is not None
         quote = self.conn.dialect.identifier_preparer.quote
         columns = ", ".join(quote(name) for name in [*STAGE_PREFIX, *group.columns])
         cursor: Any = dbapi.cursor()
         try:
             cursor.copy_expert(
                 f"COPY {self._stage.name} ({columns}) FROM STDIN WITH (FORMAT csv)",
-                io.StringIO(group.csv_text),
+                io.BytesIO(group.csv),
                 size=1 << 20,
             )
         finally:

@@ -8,7 +8,6 @@ view. Nothing here prints: callers get a :class:`RunSummary` per view.
 from __future__ import annotations
 
 import gc
-import itertools
 import multiprocessing
 import signal
 import time
@@ -29,7 +28,9 @@ from .parse import Parser, Reject, load_timezone
 from .settings import timezone_name
 from .views import VIEW_ORDER, VIEWS, View
 
-DEFAULT_CHUNK_SIZE = 10000  # measured on 100k timesheets: the fastest first load and reload (vs 5k, 20k)
+DEFAULT_CHUNK_SIZE = (
+    10000  # measured on 100k timesheets: the fastest first load and reload (vs 5k, 20k)
+)
 SUFFIXES = (".json", ".csv", ".xlsx")
 
 Source = Path | str | Iterable[Any]
@@ -145,25 +146,19 @@ def parsed_chunks(
     chunk_size: int,
     timezone: tzinfo,
     as_csv: bool,
-    share: tuple[int, int] = (0, 1),
 ) -> Iterator[ParsedChunk]:
-    """Read and parse a source chunk by chunk: the source and parse stages of a load.
-
-    ``share`` = (k, n): parse only chunks k, k+n, k+2n, … and pass over the
-    records of the others (n readers of one file each take their share).
-    """
-    reader, readers = share
+    """Read and parse a source chunk by chunk: the source and parse stages of a load."""
     # For COPY the parser hands out text: formatted once per distinct value, not per row.
     parser = Parser(view, timezone, as_text=as_csv)
     encoder = ChunkEncoder(as_csv)
     rejects: list[Reject] = []
     records = 0
     # Each record is parsed as it arrives and then let go: a chunk holds parsed rows only.
-    for index, (position, record) in enumerate(_records(view, source)):
-        if index == 0:
+    first = True
+    for position, record in _records(view, source):
+        if first:
             _check_first_record(view, parser, record, source_text)
-        if readers > 1 and (index // chunk_size) % readers != reader:
-            continue
+            first = False
         parsed = parser.parse(position, record)
         if isinstance(parsed, Reject):
             rejects.append(parsed)
@@ -188,9 +183,8 @@ def _produce(
     source_text: str,
     chunk_size: int,
     timezone: tzinfo,
-    share: tuple[int, int],
 ) -> None:
-    """Child process: read and parse its share of the source, send each chunk to the parent."""
+    """Child process: read and parse the source, send each chunk to the loading parent."""
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Reading makes millions of short-lived containers and no cycles worth chasing:
@@ -200,7 +194,7 @@ def _produce(
     gc.set_threshold(100_000, 50, 1000)
     try:
         for chunk in parsed_chunks(
-            VIEWS[view_name], source, source_text, chunk_size, timezone, True, share
+            VIEWS[view_name], source, source_text, chunk_size, timezone, True
         ):
             sender.send(("chunk", chunk))
         sender.send(("done", None))
@@ -213,56 +207,29 @@ def _produce(
         sender.close()
 
 
-def _readers_for(source: Path | str) -> int:
-    """How many processes read a source: two for a JSON or CSV file, else one.
-
-    Each reader streams the whole file but parses only every other chunk, so
-    reading, the slower half of a load, runs on both cores while the database
-    waits anyway (measured on 100k timesheets: an identical reload ~25% faster).
-    An XLSX sheet is read whole (twice the memory with two readers) and an API
-    view must be fetched once: one reader each.
-    """
-    if isinstance(source, str) and source == "api":
-        return 1
-    return 2 if Path(source).suffix.lower() in (".json", ".csv") else 1
-
-
 def _chunks_from_producer(
     view: View, source: Path | str, source_text: str, chunk_size: int, timezone: tzinfo
 ) -> Iterator[ParsedChunk]:
-    """Parsed chunks from reading processes, so reading and parsing run beside the database.
+    """Parsed chunks from a child process, so reading and parsing run beside the database.
 
-    The parent spends its time in COPY and in the merge, the readers in ijson, csv
-    and the coercions. Reader k sends chunks k, k+n, …; the parent takes them in
-    turn, so chunks arrive in source order. Each pipe holds about one chunk, so
-    memory stays flat whichever side is slower.
+    The parent spends its time in COPY and in the merge, the child in ijson, csv and
+    the coercions: on two cores the load takes about as long as the slower of them.
+    The pipe holds one chunk, so memory stays flat whichever side is slower. (Two
+    readers, each parsing every other chunk, measured no faster: both cores are
+    already busy, and each reader must still stream the whole file.)
     """
     context = multiprocessing.get_context("fork")
-    readers = _readers_for(source)
-    receivers, producers = [], []
+    receiver, sender = context.Pipe(duplex=False)
+    producer = context.Process(
+        target=_produce,
+        args=(sender, view.name, source, source_text, chunk_size, timezone),
+        name=f"otc-read-{view.name}",
+        daemon=True,
+    )
+    producer.start()
+    sender.close()
     try:
-        for reader in range(readers):
-            receiver, sender = context.Pipe(duplex=False)
-            producer = context.Process(
-                target=_produce,
-                args=(
-                    sender,
-                    view.name,
-                    source,
-                    source_text,
-                    chunk_size,
-                    timezone,
-                    (reader, readers),
-                ),
-                name=f"otc-read-{view.name}-{reader}",
-                daemon=True,
-            )
-            producer.start()
-            sender.close()
-            receivers.append(receiver)
-            producers.append(producer)
-        for turn in itertools.count():
-            receiver, producer = receivers[turn % readers], producers[turn % readers]
+        while True:
             try:
                 kind, payload = receiver.recv()
             except EOFError:
@@ -275,14 +242,12 @@ def _chunks_from_producer(
             elif kind == "error":
                 raise payload
             else:
-                return  # the reader whose turn it is has no more: that was the last chunk
+                return
     finally:
-        for receiver in receivers:
-            receiver.close()
-        for producer in producers:
-            if producer.is_alive():
-                producer.terminate()
-            producer.join(10)
+        receiver.close()
+        if producer.is_alive():
+            producer.terminate()
+        producer.join(10)
 
 
 def load_view(

@@ -8,7 +8,9 @@ and dropped here; no other database is touched):
 3. the old loader's approach on the same file: json.load, one pydantic model per
    row with Python validators, psycopg2 execute_batch(page_size=100) of
    INSERT … ON CONFLICT in 500-row batches;
-4. a plain COPY of the same parsed rows into an empty copy of the table (the ceiling);
+4. a plain COPY of the same parsed rows into an empty copy of the table (the ceiling),
+   and reading alone: read, parse and encode the file with no database (the floor
+   of a reload, which must read every record to compare it);
 5. peak RSS of a load of a 1M-row JSON export (--big-rows, 0 to skip);
 6. peak RSS of a load streamed from a local OTC API server sending a large body
    (--api-mb, 0 to skip).
@@ -46,7 +48,8 @@ OTC = [PYTHON, "-m", "otc_pipeline.cli"]
 @dataclass
 class ChildResult:
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the sum of each process's own peak (VmHWM): an upper bound
+    peak_pss_mb: float  # the largest sum of the processes' PSS seen at one moment
     stdout: str
 
 
@@ -67,6 +70,18 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _pss_mb(pid: int) -> float:
+    """A process's proportional set size: its own pages plus its share of shared ones."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return 0.0
+    return 0.0
+
+
 def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildResult:
     """Run a child; return its wall time, its peak RSS (with its own children) and output.
 
@@ -74,10 +89,14 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildRes
     rusage of a waited child would also count this (large) parent's memory at
     fork time, which Linux carries over into the child's ru_maxrss. The load's
     reading process is counted too: the peak reported is the sum of each
-    process's own peak, an upper bound of what they held at any one time.
+    process's own peak, an upper bound of what they held at any one time. A
+    forked reader shares the parent's pages (the interpreter, the imported
+    modules), which that sum counts twice; the largest sum of PSS (shared pages
+    split between their sharers) seen at one sample is the closer figure.
     """
     started = time.perf_counter()
     peaks: dict[int, float] = {}
+    peak_pss = 0.0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stdout=out, stderr=err, env=env)
         watched = psutil.Process(proc.pid)
@@ -90,6 +109,7 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildRes
                 seen = _peak_rss_mb(pid)
                 if seen is not None:
                     peaks[pid] = max(peaks.get(pid, 0.0), seen)
+            peak_pss = max(peak_pss, sum(_pss_mb(pid) for pid in pids))
             time.sleep(0.05)
         seconds = time.perf_counter() - started
         out.seek(0)
@@ -97,7 +117,7 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> ChildRes
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode not in (0, 3):
         raise SystemExit(f"child failed ({proc.returncode}): {' '.join(args)}\n{stderr}")
-    return ChildResult(seconds, sum(peaks.values()), stdout)
+    return ChildResult(seconds, sum(peaks.values()), peak_pss, stdout)
 
 
 # --- throwaway databases ------------------------------------------------------------------
@@ -313,6 +333,20 @@ def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
     return len(by_key), seconds
 
 
+def reading_alone(path: Path) -> float:
+    """Seconds to read, parse and encode the file as a load does, with no database."""
+    from otc_pipeline.parse import load_timezone
+    from otc_pipeline.pipeline import DEFAULT_CHUNK_SIZE, parsed_chunks
+    from otc_pipeline.views import TIMESHEETS
+
+    started = time.perf_counter()
+    for _ in parsed_chunks(
+        TIMESHEETS, path, str(path), DEFAULT_CHUNK_SIZE, load_timezone("UTC"), True
+    ):
+        pass
+    return time.perf_counter() - started
+
+
 def sample(folder: Path, rows: int, seed: int) -> Path:
     subprocess.run(
         [
@@ -398,6 +432,7 @@ def main() -> None:
         copy_db = server.create()
         migrate_head(url_for(args.server, copy_db))
         copied, copy_seconds = copy_ceiling(path, dsn_for(args.server, copy_db))
+        reading = sorted(reading_alone(path) for _ in range(args.repeat))[args.repeat // 2]
 
         # Rates use each load's own clock, from opening the file to the commit (our
         # `duration_s`; the old loader times itself the same way), so interpreter start
@@ -408,7 +443,8 @@ def main() -> None:
         old_s = json.loads(old.stdout)["seconds"]
         print(
             f"first load   : {rows / first_s:>9,.0f} rows/s ({first_s:.2f} s; process {first.seconds:.2f} s, "
-            f"peak RSS {first.peak_rss_mb:.0f} MB; {summary['inserted']:,} inserted, "
+            f"peak RSS {first.peak_rss_mb:.0f} MB (PSS {first.peak_pss_mb:.0f} MB); "
+            f"{summary['inserted']:,} inserted, "
             f"{summary['duplicates']:,} duplicates)"
         )
         print(
@@ -421,6 +457,10 @@ def main() -> None:
         )
         print(
             f"COPY ceiling : {copied / copy_seconds:>9,.0f} rows/s ({copy_seconds:.2f} s, database side only)"
+        )
+        print(
+            f"reading alone: {rows / reading:>9,.0f} rows/s ({reading:.2f} s: read, parse and encode "
+            f"the file in one process, no database; a reload cannot take less)"
         )
         print(
             f"first load vs old loader: {old_s / first_s:.1f}x rows/s (target >= 3x); "
@@ -437,8 +477,10 @@ def main() -> None:
             reload_written=written_reload,
             old_rps=round(rows / old_s),
             copy_rps=round(copied / copy_seconds),
+            reading_rps=round(rows / reading),
             speedup=round(old_s / first_s, 1),
             first_peak_rss_mb=round(first.peak_rss_mb),
+            first_peak_pss_mb=round(first.peak_pss_mb),
         )
 
         if args.big_rows:
@@ -464,12 +506,14 @@ def main() -> None:
             )
             print(
                 f"big load     : {args.big_rows:,} rows, {size:.0f} MB JSON (made in {gen:.0f} s): "
-                f"{args.big_rows / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB (target <= 300 MB)"
+                f"{args.big_rows / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB "
+                f"(target <= 300 MB; PSS {run.peak_pss_mb:.0f} MB)"
             )
             results.update(
                 big_rows=args.big_rows,
                 big_mb=round(size),
                 big_peak_rss_mb=round(run.peak_rss_mb),
+                big_peak_pss_mb=round(run.peak_pss_mb),
                 big_rps=round(args.big_rows / run.seconds),
             )
             big.unlink()
@@ -524,12 +568,14 @@ def api_bench(args: argparse.Namespace, server: Server, env: dict[str, str]) -> 
         serving.wait(10)
     print(
         f"api stream   : ~{args.api_mb} MB body, {summary['fetched']:,} records: "
-        f"{summary['fetched'] / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB (target <= 300 MB)"
+        f"{summary['fetched'] / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB "
+        f"(target <= 300 MB; PSS {run.peak_pss_mb:.0f} MB)"
     )
     return {
         "api_mb": args.api_mb,
         "api_rows": summary["fetched"],
         "api_peak_rss_mb": round(run.peak_rss_mb),
+        "api_peak_pss_mb": round(run.peak_pss_mb),
     }
 
 

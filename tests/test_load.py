@@ -119,6 +119,72 @@ def test_in_file_duplicates_last_one_wins_across_chunks(engine: Engine) -> None:
     assert counts(pipeline.load_view(engine, "tickets", records, chunk_size=4)) == (0, 0, 10, 3, 0)
 
 
+def test_a_repeat_across_chunks_into_a_filled_table_is_settled_before_writing(
+    engine: Engine, dialect: str
+) -> None:
+    """The last occurrence decides; an earlier one that differs is never written."""
+    pipeline.load_view(engine, "tickets", [ticket(i) for i in range(1, 7)])
+    versions = _row_versions(engine, dialect)
+    records = [
+        ticket(1),
+        ticket(3, **{"TKT-Title": "interim"}),  # chunk 1: differs from the table
+        ticket(2),
+        ticket(4),
+        ticket(3),  # chunk 3: the table's own value, so ticket 3 is unchanged
+        ticket(5),
+        ticket(6, **{"TKT-Title": "renamed"}),
+    ]
+    summary = pipeline.load_view(engine, "tickets", records, chunk_size=2)
+    assert counts(summary) == (0, 1, 5, 1, 0)
+    assert_invariant(summary)
+    after = _row_versions(engine, dialect)
+    assert {k: v for k, v in after.items() if k != 6} == {
+        k: v for k, v in versions.items() if k != 6
+    }
+    with engine.connect() as conn:
+        titles = dict(conn.execute(select(Ticket.ticket_id, Ticket.title)).all())
+    assert titles[3] == "Ticket 3" and titles[6] == "renamed"
+
+
+def _row_versions(engine: Engine, dialect: str) -> dict[int, Any]:
+    """Ticket id -> something that changes when the row is rewritten (PostgreSQL: xmin)."""
+    if dialect == "postgresql":
+        query = text('SELECT "TKT-Ticket ID", xmin::text FROM servicedesk.tickets')
+    else:
+        query = text('SELECT "TKT-Ticket ID", "TKT-Title" FROM tickets')
+    with engine.connect() as conn:
+        return {row[0]: row[1] for row in conn.execute(query)}
+
+
+def test_into_an_empty_table_a_later_repeat_replaces_the_row_of_an_earlier_chunk(
+    engine: Engine,
+) -> None:
+    """An empty table is merged chunk by chunk: a repeat updates the row and counts as a duplicate."""
+    records = [timesheet(i, **{"TS-Crm ID": ""}) for i in range(6)]
+    records.append(timesheet(1, **{"TS-Crm ID": "", "TS-Description": "last"}))
+    records.append(timesheet(2, **{"TS-Crm ID": ""}))  # an identical repeat
+    summary = pipeline.load_view(engine, "timesheets", records, chunk_size=2)
+    assert counts(summary) == (6, 0, 0, 2, 0)
+    assert_invariant(summary)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Timesheet)) == 6
+        descriptions = set(conn.scalars(select(Timesheet.description)))
+    assert descriptions == {"work 0", "last", "work 2", "work 3", "work 4", "work 5"}
+
+
+def test_a_refused_repeat_leaves_the_row_an_earlier_chunk_loaded(
+    engine: Engine, dialect: str
+) -> None:
+    """Like a repeat that fails to parse, a refused repeat does not undo an earlier one."""
+    _install_refusing_trigger(engine, dialect)
+    records = [ticket(i) for i in range(1, 5)] + [ticket(2, **{"TKT-Title": "poison"})]
+    summary = pipeline.load_view(engine, "tickets", records, chunk_size=2)
+    assert counts(summary) == (4, 0, 0, 0, 1)
+    assert_invariant(summary)
+    with engine.connect() as conn:
+        assert conn.scalar(select(Ticket.title).where(Ticket.ticket_id == 2)) == "Ticket 2"
+
+
 def test_null_crm_entries_reload_without_new_rows(engine: Engine) -> None:
     records = [timesheet(i, **{"TS-Crm ID": ""}) for i in range(40)]
     assert counts(pipeline.load_view(engine, "timesheets", records)) == (40, 0, 0, 0, 0)
