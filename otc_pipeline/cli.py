@@ -189,8 +189,13 @@ def load(
     ] = "api",
     database_url: DatabaseUrlOption = None,
     chunk_size: Annotated[
-        int, typer.Option("--chunk-size", min=1, help="Rows per upsert chunk.")
-    ] = 20000,
+        int,
+        typer.Option(
+            "--chunk-size",
+            min=1,
+            help="Rows per chunk: parsed, staged and merged (or compared) together.",
+        ),
+    ] = 10000,  # pipeline.DEFAULT_CHUNK_SIZE (not imported here: `otc --help` stays fast)
     as_json: JsonOption = False,
     dry_run: Annotated[
         bool,

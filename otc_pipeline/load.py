@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -102,16 +102,36 @@ class ParsedChunk:
     duplicates: int = 0
 
 
-class _LastLine:
-    """A file for csv.writer that keeps only the line written last."""
+class _Group:
+    """The rows of one chunk that carry one set of columns, in source order."""
 
-    __slots__ = ("text",)
+    __slots__ = ("key_of", "plan", "rows", "set_id", "superseded", "write")
 
-    def __init__(self) -> None:
-        self.text = ""
+    def __init__(self, plan: Plan, set_id: int, as_csv: bool) -> None:
+        assert plan.key_of is not None  # rows come from plans that have every key field
+        self.plan, self.set_id, self.key_of = plan, set_id, plan.key_of
+        self.rows: list[Any] = []
+        self.superseded: set[int] = set()  # indexes of rows a later row with their key replaced
+        # csv.writer hands each line straight to list.append: no Python call per row.
+        self.write: Callable[[tuple[Any, ...]], Any] = (
+            csv.writer(_Appender(self.rows.append), lineterminator="\n").writerow
+            if as_csv
+            else self.rows.append
+        )
 
-    def write(self, text: str) -> None:
-        self.text = text
+    def kept_rows(self) -> list[Any]:
+        if not self.superseded:
+            return self.rows
+        return [row for index, row in enumerate(self.rows) if index not in self.superseded]
+
+
+class _Appender:
+    """A file for csv.writer whose write is a list's append."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, append: Callable[[str], None]) -> None:
+        self.write = append
 
 
 class ChunkEncoder:
@@ -119,8 +139,8 @@ class ChunkEncoder:
 
     Within a chunk the last occurrence of a key wins, here in memory, so the
     database only sorts out repeats across chunks. For COPY each row becomes its
-    CSV line as it arrives (measured: a quarter faster than keeping the rows for
-    one ``writerows``, and a chunk holds a few MB of lines instead of tuples).
+    CSV line as it arrives (measured: faster than keeping the rows for one
+    ``writerows``, and a chunk holds a few MB of lines instead of tuples).
     Records of one source nearly always share one set of fields; grouping lets
     each group travel with exactly its own columns, so a narrower record never
     blanks a column it does not carry.
@@ -129,52 +149,58 @@ class ChunkEncoder:
     def __init__(self, as_csv: bool) -> None:
         self.as_csv = as_csv
         self._column_sets: dict[tuple[str, ...], int] = {}
-        self._set_of_plan: dict[int, int] = {}
-        self._latest: dict[Any, tuple[Plan, int, Any]] = {}
-        self._added = 0
-        self._line = _LastLine()
-        self._write_line = csv.writer(self._line, lineterminator="\n").writerow
+        self._start()
+
+    def _start(self) -> None:
+        self._groups: dict[int, _Group] = {}  # by id(plan)
+        self._group: _Group | None = None  # the last row's: usually the next one's too
+        self._latest: dict[Any, tuple[_Group, int]] = {}
+        self._first = self._last = 0
 
     def add(self, position: int, plan: Plan, values: tuple[Any, ...]) -> None:
         """One parsed row; it replaces an earlier row of this chunk with the same key."""
-        set_id = self._set_of_plan.get(id(plan))
-        if set_id is None:
+        group = self._group
+        if group is None or group.plan is not plan:
+            group = self._group_for(plan)
+            if not self._first:
+                self._first = position
+        self._last = position
+        key = group.key_of(values)
+        entry = (group, len(group.rows))
+        # In CSV COPY an unquoted empty field is NULL. Parse never yields an empty
+        # string (blank means NULL), so None written as empty is exactly NULL.
+        group.write((group.set_id, position, hash(key), *values))
+        earlier = self._latest.setdefault(key, entry)
+        if earlier is not entry:
+            earlier[0].superseded.add(earlier[1])
+            self._latest[key] = entry
+
+    def _group_for(self, plan: Plan) -> _Group:
+        group = self._groups.get(id(plan))
+        if group is None:
             set_id = self._column_sets.setdefault(plan.columns, len(self._column_sets))
-            self._set_of_plan[id(plan)] = set_id
-        assert plan.key_of is not None  # rows come from plans that have every key field
-        key = plan.key_of(values)
-        row: Any = (set_id, position, hash(key), *values)
-        if self.as_csv:
-            # In CSV COPY an unquoted empty field is NULL. Parse never yields an empty
-            # string (blank means NULL), so None written as empty is exactly NULL.
-            self._write_line(row)
-            row = self._line.text
-        self._latest.pop(key, None)  # re-inserted at the end: rows stay in source order
-        self._latest[key] = (plan, position, row)
-        self._added += 1
+            group = self._groups[id(plan)] = _Group(plan, set_id, self.as_csv)
+        self._group = group
+        return group
 
     def flush(self) -> tuple[list[StagedGroup], int]:
         """The chunk's groups, and how many of its rows a later row with the same key replaced."""
-        by_plan: dict[int, tuple[Plan, list[int], list[Any]]] = {}
-        for plan, position, row in self._latest.values():
-            group = by_plan.get(id(plan))
-            if group is None:
-                group = by_plan[id(plan)] = (plan, [], [])
-            group[1].append(position)
-            group[2].append(row)
-        duplicates = self._added - len(self._latest)
-        self._latest, self._added = {}, 0
-        groups = []
-        for plan, positions, rows in by_plan.values():
-            set_id = self._column_sets[plan.columns]
-            first, last = positions[0], positions[-1]
+        groups, duplicates = [], 0
+        for group in self._groups.values():
+            duplicates += len(group.superseded)
+            rows = group.kept_rows()
+            if not rows:
+                continue
+            # Every group is given the chunk's range: merges pick rows by column set too.
+            columns, first, last = group.plan.columns, self._first, self._last
             if self.as_csv:
                 # Bytes: the loading process hands them to COPY as they are (a str would
                 # be copied into a StringIO at four bytes a character).
                 body = "".join(rows).encode()
-                groups.append(StagedGroup(plan.columns, set_id, first, last, csv=body))
+                groups.append(StagedGroup(columns, group.set_id, first, last, csv=body))
             else:
-                groups.append(StagedGroup(plan.columns, set_id, first, last, rows=rows))
+                groups.append(StagedGroup(columns, group.set_id, first, last, rows=rows))
+        self._start()
         return groups, duplicates
 
 

@@ -52,3 +52,12 @@ def test_the_main_commands_are_there() -> None:
         "users conflicts",
         "users refresh",
     } <= names
+
+
+def test_the_chunk_size_default_is_the_pipelines() -> None:
+    import inspect
+
+    from otc_pipeline import cli, pipeline
+
+    default = inspect.signature(cli.load).parameters["chunk_size"].default
+    assert default == pipeline.DEFAULT_CHUNK_SIZE
