@@ -84,9 +84,7 @@ class Ticket(Base):
     sla_clock_status: Mapped[str | None] = mapped_column("TKT-SLA Clock Status", Text)
     solution: Mapped[str | None] = mapped_column("TKT-Solution", Text)
     root_cause_category: Mapped[str | None] = mapped_column("TKT-Root Cause Category", Text)
-    resolution_change_type: Mapped[str | None] = mapped_column(
-        "TKT-Resolution/Change Type", Text
-    )
+    resolution_change_type: Mapped[str | None] = mapped_column("TKT-Resolution/Change Type", Text)
     ticket_source: Mapped[str | None] = mapped_column("TKT-Ticket Source", Text)
 
     # No foreign keys: most timesheets point at tickets that are not loaded.
@@ -100,8 +98,6 @@ class Ticket(Base):
         viewonly=True,
         lazy="select",
     )
-
-
 
 
 class _TimesheetColumns:

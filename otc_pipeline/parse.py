@@ -221,10 +221,18 @@ class DateTimeCoercer:
         raise CoercionError(f"is a {type(value).__name__}, not a date")
 
 
-def as_copy_text(value: Any) -> str | None:
-    """A parsed value as PostgreSQL's COPY reads it (and prints it); None stays None (NULL)."""
-    if value is None or value.__class__ is str:
-        return value
+COPY_NULL = "\\N"  # NULL in PostgreSQL's COPY text format (a text \N is escaped, never this)
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def as_copy_text(value: Any) -> str:
+    """A parsed value as one field of PostgreSQL's COPY text format (None is NULL)."""
+    if value is None:
+        return COPY_NULL
+    if value.__class__ is str:
+        # Backslash, tab, newline and carriage return are the format's own characters.
+        return str.translate(value, _COPY_ESCAPES)
     if value.__class__ is bool:
         return "t" if value else "f"
     if isinstance(value, datetime):
@@ -232,28 +240,32 @@ def as_copy_text(value: Any) -> str | None:
     return str(value)  # int, Decimal
 
 
+def text_as_copy_text(value: Any) -> str:
+    return as_copy_text(coerce_text(value))
+
+
 # Text-mode coercers: the same rules, with a fast path for the values JSON exports
 # mostly carry (measured: dates, ids and hours that miss the cache are ~2/3 of parsing).
 
 
-def integer_as_text(value: Any) -> str | None:
+def integer_as_text(value: Any) -> str:
     if value.__class__ is int and INT32_MIN <= value <= INT32_MAX:
         return str(value)
     return as_copy_text(coerce_integer(value))
 
 
-def numeric_as_text(value: Any) -> str | None:
+def numeric_as_text(value: Any) -> str:
     if value.__class__ is Decimal and value.is_finite():
         return str(value)
     return as_copy_text(coerce_numeric(value))
 
 
-def boolean_as_text(value: Any) -> str | None:
+def boolean_as_text(value: Any) -> str:
     return as_copy_text(coerce_boolean(value))
 
 
 class DateTimeAsText(DateTimeCoercer):
-    def __call__(self, value: Any) -> str | None:  # type: ignore[override]
+    def __call__(self, value: Any) -> str:  # type: ignore[override]
         if value.__class__ is str:
             try:
                 moment: datetime | None = datetime.fromisoformat(value)
@@ -264,7 +276,7 @@ class DateTimeAsText(DateTimeCoercer):
                 moment = self._naive(moment)
         else:
             moment = super().__call__(value)
-        return None if moment is None else moment.isoformat(sep=" ")
+        return COPY_NULL if moment is None else moment.isoformat(sep=" ")
 
 
 def load_timezone(name: str) -> tzinfo:
@@ -284,9 +296,9 @@ def load_timezone(name: str) -> tzinfo:
 class Parser:
     """Parses raw records of one view; remembers unknown fields for the run's warnings.
 
-    With ``as_text`` every value comes out as the text PostgreSQL's COPY reads
-    (or None), and the caches keep that text: a cached date is then formatted
-    once per distinct string instead of once per row.
+    With ``as_text`` every value comes out as one field of PostgreSQL's COPY
+    text format (NULL as ``\\N``, text escaped), and the caches keep that text:
+    a cached date is then formatted once per distinct string, not once per row.
     """
 
     view: View
@@ -312,9 +324,9 @@ class Parser:
             elif isinstance(column.type, Numeric):
                 coerce = numeric_as_text if as_text else coerce_numeric
             else:
-                coerce = coerce_text
+                coerce = text_as_copy_text if as_text else coerce_text
             self._coercers[column.key] = coerce
-            self._caches[column.key] = None if coerce is coerce_text else {}
+            self._caches[column.key] = None if coerce in (coerce_text, text_as_copy_text) else {}
 
     def plan_for(self, fields: tuple[str, ...]) -> Plan:
         """The plan for records with these fields (in this order); one per set of fields."""
@@ -355,7 +367,7 @@ class Parser:
             unknown=unknown,
             required_slots=required_slots,
             key_slots=key_slots,
-            convert=None if missing else _compile(steps, required_slots),
+            convert=None if missing else _compile(steps, required_slots, self.as_text),
             key_of=None if missing else itemgetter(*key_slots),
         )
 
@@ -378,32 +390,27 @@ class Parser:
         self, position: int, record: Any, plan: Plan
     ) -> tuple[Plan, tuple[Any, ...]] | Reject:
         """Field by field, as the compiled plan does, to name the field a record is rejected for."""
+        null = COPY_NULL if self.as_text else None
         values: list[Any] = []
-        append = values.append
         for source_field, coerce, cache in plan.steps:
             raw = record[source_field]
-            if raw.__class__ is str:
-                if cache is None:
-                    if "\x00" not in raw:
-                        append(raw or None)
-                        continue
-                else:
-                    hit = cache.get(raw, _MISSING)
-                    if hit is not _MISSING:
-                        append(hit)
-                        continue
-            elif raw is None:
-                append(None)
+            if raw is None:
+                values.append(null)
                 continue
+            if cache is not None and raw.__class__ is str:
+                hit = cache.get(raw, _MISSING)
+                if hit is not _MISSING:
+                    values.append(hit)
+                    continue
             try:
                 value = coerce(raw)
             except CoercionError as exc:
                 return Reject(position, source_field, _show(raw), f"value {exc}", record)
             if cache is not None and raw.__class__ is str and len(cache) < CACHE_LIMIT:
                 cache[raw] = value
-            append(value)
+            values.append(value)
         for index in plan.required_slots:
-            if values[index] is None:
+            if values[index] is null:
                 field_name = plan.steps[index][0]
                 return Reject(
                     position, field_name, _show(record[field_name]), "key field is blank", record
@@ -424,30 +431,41 @@ def _remembering(coerce: Coercer, cache: dict[str, Any]) -> Coercer:
 
 
 def _compile(
-    steps: tuple[tuple[str, Coercer, dict[str, Any] | None], ...], required_slots: tuple[int, ...]
+    steps: tuple[tuple[str, Coercer, dict[str, Any] | None], ...],
+    required_slots: tuple[int, ...],
+    as_text: bool,
 ) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
     """A function turning one record into its column values, written out field by field.
 
     Parsing is the loader's hot loop and a loop over the fields costs more than
     the work it does: like dataclasses' generated __init__, the plan's steps are
     written out as straight-line code once per set of fields. Text is taken as
-    given; other strings are looked up in their column's cache first (exports
-    repeat dates, hours and flags endlessly). The names in the code are this
-    view's own field names (repr'd literals), never text read from a source.
+    given (for COPY, when it holds nothing to escape); other strings are looked up
+    in their column's cache first (exports repeat dates, hours and flags
+    endlessly). The names in the code are this view's own field names (repr'd
+    literals), never text read from a source.
     """
     namespace: dict[str, Any] = {
-        "text": coerce_text,
+        "text": text_as_copy_text if as_text else coerce_text,
+        "NULL": COPY_NULL if as_text else None,
         "MISSING": _MISSING,
         "BlankKey": BlankKey,
     }
+    # A non-empty string is taken as it is unless it holds NUL (refused) or, for COPY,
+    # a control character or a backslash (escaped): isprintable() finds NUL and the
+    # control characters in one pass.
+    if as_text:
+        needs_work = "not {v}.isprintable() or BACKSLASH in {v}"
+    else:
+        needs_work = "NUL in {v}"
+    namespace.update(BACKSLASH="\\", NUL="\x00")
     lines = ["def convert(record):"]
     for i, (source_field, coerce, cache) in enumerate(steps):
         v = f"v{i}"
         lines.append(f"    {v} = record[{source_field!r}]")
         if cache is None:
-            lines.append(
-                f"    if {v}.__class__ is not str or not {v} or '\\x00' in {v}: {v} = text({v})"
-            )
+            check = needs_work.format(v=v)
+            lines.append(f"    if {v}.__class__ is not str or not {v} or {check}: {v} = text({v})")
         else:
             namespace[f"cache{i}"] = cache
             namespace[f"parse{i}"] = _remembering(coerce, cache)
@@ -456,11 +474,13 @@ def _compile(
                 f"    if {v}.__class__ is str:",
                 f"        hit = cache{i}.get({v}, MISSING)",
                 f"        {v} = parse{i}({v}) if hit is MISSING else hit",
-                f"    elif {v} is not None:",
+                f"    elif {v} is None:",
+                f"        {v} = NULL",
+                "    else:",
                 f"        {v} = coerce{i}({v})",
             ]
     if required_slots:
-        blank = " or ".join(f"v{i} is None" for i in required_slots)
+        blank = " or ".join(f"v{i} is NULL" for i in required_slots)
         lines += [f"    if {blank}:", "        raise BlankKey"]
     lines.append("    return (" + "".join(f"v{i}, " for i in range(len(steps))) + ")")
     exec("\n".join(lines), namespace)  # noqa: S102 - our own generated code, see above

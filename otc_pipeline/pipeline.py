@@ -145,12 +145,12 @@ def parsed_chunks(
     source_text: str,
     chunk_size: int,
     timezone: tzinfo,
-    as_csv: bool,
+    for_copy: bool,
 ) -> Iterator[ParsedChunk]:
     """Read and parse a source chunk by chunk: the source and parse stages of a load."""
     # For COPY the parser hands out text: formatted once per distinct value, not per row.
-    parser = Parser(view, timezone, as_text=as_csv)
-    encoder = ChunkEncoder(as_csv)
+    parser = Parser(view, timezone, as_text=for_copy)
+    encoder = ChunkEncoder(for_copy)
     rejects: list[Reject] = []
     records = 0
     # Each record is parsed as it arrives and then let go: a chunk holds parsed rows only.
@@ -305,11 +305,13 @@ def _run(
             transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
             try:
                 loader = ViewLoader(conn, view, run_id)
-                as_csv = conn.dialect.name == "postgresql"
-                if as_csv and isinstance(source, str | Path):
+                for_copy = conn.dialect.name == "postgresql"
+                if for_copy and isinstance(source, str | Path):
                     chunks = _chunks_from_producer(view, source, source_text, chunk_size, timezone)
                 else:
-                    chunks = parsed_chunks(view, source, source_text, chunk_size, timezone, as_csv)
+                    chunks = parsed_chunks(
+                        view, source, source_text, chunk_size, timezone, for_copy
+                    )
                 for chunk in chunks:
                     loader.stage(chunk)
                     unknown_fields |= chunk.unknown_fields

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,6 +185,42 @@ def test_a_refused_repeat_leaves_the_row_an_earlier_chunk_loaded(
     assert_invariant(summary)
     with engine.connect() as conn:
         assert conn.scalar(select(Ticket.title).where(Ticket.ticket_id == 2)) == "Ticket 2"
+
+
+AWKWARD_TEXT = [
+    "tab\there",
+    "line\nbreak",
+    "carriage\rreturn",
+    "back\\slash",
+    "\\N",
+    "\\",
+    "\\t is not a tab",
+    'quote " and, comma',
+    " spaced ",
+    "unicode\u2028line separator",
+    "ünïcödé ✓",
+    "vertical\x0btab and bell\x07",
+]
+
+
+def test_awkward_text_is_stored_exactly_by_both_ways_in(engine: Engine, tmp_path: Path) -> None:
+    """COPY's own characters in text survive, from records in memory and from a file alike."""
+    records = [
+        ticket(i, **{"TKT-Title": text_value, "TKT-Description": text_value})
+        for i, text_value in enumerate(AWKWARD_TEXT, 1)
+    ]
+    first = pipeline.load_view(engine, "tickets", records)
+    assert counts(first) == (len(AWKWARD_TEXT), 0, 0, 0, 0)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(Ticket.title, Ticket.description).order_by(Ticket.ticket_id)
+        ).all()
+    assert [tuple(row) for row in stored] == [(t, t) for t in AWKWARD_TEXT]
+    # A file goes through the reading process on PostgreSQL: the same values, so unchanged.
+    path = tmp_path / "tickets.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    again = pipeline.load_view(engine, "tickets", path)
+    assert counts(again) == (0, 0, len(AWKWARD_TEXT), 0, 0)
 
 
 def test_null_crm_entries_reload_without_new_rows(engine: Engine) -> None:

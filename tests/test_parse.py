@@ -215,7 +215,10 @@ def test_compiled_plans_and_copy_text_agree_with_the_field_by_field_rules(
 
 
 def test_copy_text_of_each_type() -> None:
-    assert as_copy_text(None) is None
+    assert as_copy_text(None) == "\\N"
+    # COPY's own characters are escaped, so a text backslash-N is never NULL.
+    assert as_copy_text("a\tb\nc\rd\\e") == "a\\tb\\nc\\rd\\\\e"
+    assert as_copy_text("\\N") == "\\\\N"
     assert as_copy_text(True) == "t" and as_copy_text(False) == "f"
     assert as_copy_text(datetime(2026, 1, 5, 9, 15)) == "2026-01-05 09:15:00"
     assert as_copy_text(datetime(2026, 1, 5, 9, 15, 0, 500)) == "2026-01-05 09:15:00.000500"
