@@ -66,6 +66,10 @@ class BlankKey(ValueError):
     """A required key field is present but blank."""
 
 
+class OtherFields(LookupError):
+    """A record does not carry exactly the fields of the plan tried on it."""
+
+
 def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
@@ -264,6 +268,16 @@ def boolean_as_text(value: Any) -> str:
     return as_copy_text(coerce_boolean(value))
 
 
+def _prints_as_itself(text: str) -> bool:
+    """Whether a string fromisoformat() read is already how PostgreSQL prints a timestamp."""
+    return (
+        len(text) == 19
+        and text[4] == text[7] == "-"
+        and text[10] == " "
+        and text[13] == text[16] == ":"
+    )
+
+
 class DateTimeAsText(DateTimeCoercer):
     def __call__(self, value: Any) -> str:  # type: ignore[override]
         if value.__class__ is str:
@@ -273,6 +287,8 @@ class DateTimeAsText(DateTimeCoercer):
                 moment = super().__call__(value)  # day-first, padded, blank or not a date
             else:
                 assert moment is not None
+                if moment.tzinfo is None and _prints_as_itself(value):
+                    return value
                 moment = self._naive(moment)
         else:
             moment = super().__call__(value)
@@ -307,6 +323,7 @@ class Parser:
     unknown_fields: set[str] = field(default_factory=set)
     _plans: dict[tuple[str, ...], Plan] = field(default_factory=dict)
     _plans_by_set: dict[frozenset[str], Plan] = field(default_factory=dict)
+    _last_plan: Plan | None = None  # records of one source nearly always share their fields
     _coercers: dict[str, Coercer] = field(default_factory=dict)
     _caches: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
@@ -367,7 +384,9 @@ class Parser:
             unknown=unknown,
             required_slots=required_slots,
             key_slots=key_slots,
-            convert=None if missing else _compile(steps, required_slots, self.as_text),
+            convert=None
+            if missing
+            else _compile(steps, required_slots, self.as_text, len(fields), unknown),
             key_of=None if missing else itemgetter(*key_slots),
         )
 
@@ -377,9 +396,19 @@ class Parser:
             return Reject(
                 position, None, _show(record), "record is not an object of fields", record
             )
+        plan = self._last_plan
+        if plan is not None:
+            assert plan.convert is not None
+            try:
+                return plan, plan.convert(record)
+            except LookupError:  # OtherFields, or KeyError: a field of the plan is missing
+                pass
+            except (CoercionError, BlankKey):
+                return self._explain(position, record, plan)
         plan = self.plan_for(tuple(record))
         if plan.missing_required is not None:
             return Reject(position, plan.missing_required, None, "key field is missing", record)
+        self._last_plan = plan
         assert plan.convert is not None
         try:
             return plan, plan.convert(record)
@@ -434,6 +463,8 @@ def _compile(
     steps: tuple[tuple[str, Coercer, dict[str, Any] | None], ...],
     required_slots: tuple[int, ...],
     as_text: bool,
+    width: int,
+    unknown: tuple[str, ...],
 ) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
     """A function turning one record into its column values, written out field by field.
 
@@ -442,14 +473,18 @@ def _compile(
     written out as straight-line code once per set of fields. Text is taken as
     given (for COPY, when it holds nothing to escape); other strings are looked up
     in their column's cache first (exports repeat dates, hours and flags
-    endlessly). The names in the code are this view's own field names (repr'd
-    literals), never text read from a source.
+    endlessly). A record with other fields than the plan's raises OtherFields
+    or KeyError (so one plan can be tried on the next record without looking its
+    fields up: it fits if it has as many fields, the plan's unknown ones among
+    them, and every known one). The names in the code are this view's own field
+    names as repr'd literals, never text read from a source.
     """
     namespace: dict[str, Any] = {
         "text": text_as_copy_text if as_text else coerce_text,
         "NULL": COPY_NULL if as_text else None,
         "MISSING": _MISSING,
         "BlankKey": BlankKey,
+        "OtherFields": OtherFields,
     }
     # A non-empty string is taken as it is unless it holds NUL (refused) or, for COPY,
     # a control character or a backslash (escaped): isprintable() finds NUL and the
@@ -459,13 +494,31 @@ def _compile(
     else:
         needs_work = "NUL in {v}"
     namespace.update(BACKSLASH="\\", NUL="\x00")
-    lines = ["def convert(record):"]
+    lines = ["def convert(record):", f"    if len(record) != {width}:", "        raise OtherFields"]
+    if unknown:
+        # The source's own names stay data (never code): checked from the namespace.
+        namespace["UNKNOWN"] = unknown
+        lines += [
+            "    for name in UNKNOWN:",
+            "        if name not in record:",
+            "            raise OtherFields",
+        ]
     for i, (source_field, coerce, cache) in enumerate(steps):
         v = f"v{i}"
         lines.append(f"    {v} = record[{source_field!r}]")
         if cache is None:
-            check = needs_work.format(v=v)
-            lines.append(f"    if {v}.__class__ is not str or not {v} or {check}: {v} = text({v})")
+            # Blanks are common in exports: NULL without a call.
+            lines += [
+                f"    if {v}.__class__ is str:",
+                f"        if not {v}:",
+                f"            {v} = NULL",
+                f"        elif {needs_work.format(v=v)}:",
+                f"            {v} = text({v})",
+                f"    elif {v} is None:",
+                f"        {v} = NULL",
+                "    else:",
+                f"        {v} = text({v})",
+            ]
         else:
             namespace[f"cache{i}"] = cache
             namespace[f"parse{i}"] = _remembering(coerce, cache)

@@ -225,3 +225,23 @@ def test_copy_text_of_each_type() -> None:
     assert as_copy_text(Decimal("1.50")) == "1.50"
     assert as_copy_text(-7) == "-7"
     assert as_copy_text(" kept ") == " kept "
+
+
+def test_a_record_with_other_fields_gets_its_own_plan() -> None:
+    """The last record's plan is tried first; a record with other fields never fits it."""
+    parser = Parser(TIMESHEETS, load_timezone("UTC"))
+    full = ts(**{"TS-Hours": "1,5", "TS-Legacy Flag": "x"})
+    plan, values = parser.parse(1, full)  # type: ignore[misc]
+    # Same number of fields, but a known field instead of the unknown one: not dropped.
+    other = ts(**{"TS-Hours": "1,5", "TS-Notes": "kept"})
+    other_plan, other_values = parser.parse(2, other)  # type: ignore[misc]
+    assert other_plan is not plan
+    assert dict(zip(other_plan.columns, other_values, strict=True))["TS-Notes"] == "kept"
+    # Fewer fields, and the same fields in another order: the right plan each time.
+    narrow = ts()
+    narrow_plan, _ = parser.parse(3, narrow)  # type: ignore[misc]
+    assert "TS-Hours" not in narrow_plan.columns
+    reordered = dict(reversed(list(full.items())))
+    again, again_values = parser.parse(4, reordered)  # type: ignore[misc]
+    assert again is plan and again_values == values
+    assert parser.unknown_fields == {"TS-Legacy Flag"}
