@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,6 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import FromClause
 
 from .models import TIMESHEETS_SQLITE_KEY, EtlReject
 from .parse import Plan, Reject
@@ -227,6 +229,7 @@ class ViewLoader:
         self.latest_source_time: datetime | None = None
         self._column_sets: dict[tuple[str, ...], int] = {}
         self._chunks: list[_StagedChunk] = []
+        self._staged_rows = 0  # rows in the stage now
         self.merges_as_it_reads = self._lock_target_and_check_empty()
         self._stage = self._create_stage()
         self._same = None if self.merges_as_it_reads else self._create_same()
@@ -271,9 +274,10 @@ class ViewLoader:
                 columns.append(Column(column.key, column.type))
         stage = self._temporary_table(f"otc_stage_{self.view.name}", *columns)
         if not self.merges_as_it_reads:
-            # Chunks are compared and merged by position range; positions only grow,
-            # so the index is appended to, cheaply, as rows stream in.
+            # Chunks are compared and merged by position range (positions only grow, so
+            # that index is appended to, cheaply), and repeats found by key hash.
             Index(f"otc_stage_{self.view.name}_position", stage.c[POSITION]).create(self.conn)
+            Index(f"otc_stage_{self.view.name}_key_hash", stage.c[KEY_HASH]).create(self.conn)
         return stage
 
     def _create_same(self) -> Table:
@@ -297,26 +301,77 @@ class ViewLoader:
             self._column_sets[group.columns] = group.column_set
             staged.column_sets.add(group.column_set)
             if group.copy_text is not None:
-                self._copy(group)
+                self._staged_rows += self._copy(group)
             else:
                 names = [*STAGE_PREFIX, *group.columns]
+                rows = group.rows or []
                 self.conn.execute(
-                    insert(self._stage),
-                    [dict(zip(names, row, strict=True)) for row in group.rows or ()],
+                    insert(self._stage), [dict(zip(names, row, strict=True)) for row in rows]
                 )
+                self._staged_rows += len(rows)
         self._note_source_time(staged)
         set_columns = {set_id: columns for columns, set_id in self._column_sets.items()}
         if self.merges_as_it_reads:
             for set_id in sorted(staged.column_sets):
                 self._merge_range(set_columns[set_id], set_id, staged.first, staged.last)
             self._empty_stage()
-        else:
+            return
+        with self._index_probes():
+            self.counts.duplicates += self._drop_earlier_occurrences(staged)
             for set_id in sorted(staged.column_sets):
                 self._note_unchanged(set_columns[set_id], set_id, staged.first, staged.last)
-            self._chunks.append(staged)
+        self._chunks.append(staged)
 
-    def _copy(self, group: StagedGroup) -> None:
-        """COPY one group's lines (COPY's text format) into the stage."""
+    @contextmanager
+    def _index_probes(self) -> Iterator[None]:
+        """Join a chunk to large tables by index probes, one per staged row.
+
+        Left to itself PostgreSQL's planner hashes the whole table (or the whole
+        stage) for every chunk: measured 1.6x slower at 100k rows, and it grows
+        with the table.
+        """
+        if self.dialect != "postgresql":
+            yield
+            return
+        self.conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        self.conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+        try:
+            yield
+        finally:
+            self.conn.exec_driver_sql("RESET enable_hashjoin")
+            self.conn.exec_driver_sql("RESET enable_mergejoin")
+
+    def _drop_earlier_occurrences(self, chunk: _StagedChunk) -> int:
+        """Delete staged rows of earlier chunks whose key this chunk repeats; count them.
+
+        The last occurrence wins: after each chunk the stage holds every key once.
+        """
+        if not self._chunks:
+            return 0
+        stage = self._stage
+        earlier, later = stage.alias("earlier"), stage.alias("later")
+        replaced = (
+            select(earlier.c[POSITION])
+            .join(
+                later,
+                and_(
+                    later.c[KEY_HASH] == earlier.c[KEY_HASH],
+                    _key_match(earlier, later, self.view),
+                ),
+            )
+            .where(
+                later.c[POSITION].between(chunk.first, chunk.last),
+                earlier.c[POSITION] < chunk.first,
+            )
+        )
+        deleted = int(
+            self.conn.execute(delete(stage).where(stage.c[POSITION].in_(replaced))).rowcount or 0
+        )
+        self._staged_rows -= deleted
+        return deleted
+
+    def _copy(self, group: StagedGroup) -> int:
+        """COPY one group's lines (COPY's text format) into the stage; how many rows."""
         dbapi = self.conn.connection.dbapi_connection
         assert dbapi is not None and group.copy_text is not None
         quote = self.conn.dialect.identifier_preparer.quote
@@ -328,6 +383,7 @@ class ViewLoader:
                 io.BytesIO(group.copy_text),
                 size=1 << 20,
             )
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 
@@ -371,20 +427,7 @@ class ViewLoader:
                 ],
             )
         )
-        statement = insert(self._same).from_select([POSITION], rows)
-        if self.dialect != "postgresql":
-            self.conn.execute(statement)
-            return
-        # One index probe per staged row, however large the table. Left to itself the
-        # planner hashes the whole table for every chunk (measured: 1.6x slower at
-        # 100k rows, and it grows with the table).
-        self.conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-        self.conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
-        try:
-            self.conn.execute(statement)
-        finally:
-            self.conn.exec_driver_sql("RESET enable_hashjoin")
-            self.conn.exec_driver_sql("RESET enable_mergejoin")
+        self.conn.execute(insert(self._same).from_select([POSITION], rows))
 
     def _store_rejects(self, rejects: Sequence[Reject]) -> None:
         self.counts.rejected += len(rejects)
@@ -409,12 +452,11 @@ class ViewLoader:
     # --- deduplicate and merge -----------------------------------------------------
 
     def finish(self) -> LoadCounts:
-        """Merge what waited for the end of the source: the last occurrence of each key wins."""
+        """Merge what waited for the end of the source (with rows in the table already)."""
         if self._chunks:
-            self.counts.duplicates += self._drop_duplicates()
             unchanged = self._count_unchanged()
             self.counts.unchanged += unchanged
-            if unchanged < self._count_staged():
+            if unchanged < self._staged_rows:
                 if self.dialect == "postgresql":
                     # Give the planner real numbers for the merges' joins.
                     self.conn.exec_driver_sql(f"ANALYZE {self._stage.name}")
@@ -428,9 +470,6 @@ class ViewLoader:
         if self._same is not None:
             self._same.drop(self.conn)
         return self.counts
-
-    def _count_staged(self) -> int:
-        return int(self.conn.execute(select(func.count()).select_from(self._stage)).scalar_one())
 
     def _is_unchanged(self) -> Any:
         assert self._same is not None
@@ -448,33 +487,6 @@ class ViewLoader:
             select(func.count()).select_from(self._stage).where(self._is_unchanged())
         ).scalar_one()
         return int(count)
-
-    def _key_columns(self, table: Table) -> list[Any]:
-        return [table.c[k] for k in self.view.key]
-
-    def _drop_duplicates(self) -> int:
-        """Delete staged rows whose key a later chunk repeats; count them."""
-        if len(self._chunks) < 2:
-            return 0  # each chunk arrives with its own repeats already dropped
-        stage = self._stage
-        # Only rows whose key hash repeats can be repeats: rank just those, by the key itself.
-        repeated = select(stage.c[KEY_HASH]).group_by(stage.c[KEY_HASH]).having(func.count() > 1)
-        ranked = (
-            select(
-                stage.c[POSITION],
-                func.row_number()
-                .over(
-                    partition_by=self._key_columns(stage),
-                    order_by=stage.c[POSITION].desc(),
-                )
-                .label("rank"),
-            )
-            .where(stage.c[KEY_HASH].in_(repeated))
-            .subquery()
-        )
-        doomed = select(ranked.c[POSITION]).where(ranked.c.rank > 1)
-        result = self.conn.execute(delete(stage).where(stage.c[POSITION].in_(doomed)))
-        return int(result.rowcount or 0)
 
     def _merge_range(self, columns: tuple[str, ...], set_id: int, first: int, last: int) -> None:
         """Merge staged rows of one column set in [first, last]; bisect if refused."""
@@ -571,7 +583,7 @@ def _conflict_target(target: Table, view: View, dialect: str) -> dict[str, Any]:
     return {"index_elements": [target.c[k] for k in view.key]}
 
 
-def _key_match(target: Table, stage: Table, view: View) -> Any:
+def _key_match(target: FromClause, stage: FromClause, view: View) -> Any:
     """Rows with the same key; NULL equals NULL in the one key column that may be blank.
 
     Plain equality on the required key columns lets the database hash or index the
