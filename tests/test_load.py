@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy.exc import OperationalError
 
 from otc_pipeline import pipeline, runs
+from otc_pipeline.db import make_engine
 from otc_pipeline.errors import LoadLocked
 from otc_pipeline.models import EtlReject, EtlRun, Ticket, Timesheet
 
@@ -368,6 +370,45 @@ def test_concurrent_load_of_the_same_view_is_refused(engine: Engine) -> None:
         release.set()
         worker.join(30)
     assert results and results[0].status == "success" and results[0].inserted == 2
+
+
+def test_while_a_view_loads_readers_go_on_and_other_writers_wait(
+    engine: Engine, db_url: str, dialect: str
+) -> None:
+    """What the load compares stays true until it commits: its table takes no other writes."""
+    pipeline.load_view(engine, "tickets", [ticket(i) for i in range(1, 4)])
+    started, release = threading.Event(), threading.Event()
+    results: list[pipeline.RunSummary] = []
+
+    def slow_source() -> Iterator[dict[str, Any]]:
+        yield ticket(1, **{"TKT-Title": "changed"})
+        started.set()
+        release.wait(30)
+        yield ticket(4)
+
+    worker = threading.Thread(
+        target=lambda: results.append(
+            pipeline.load_view(engine, "tickets", slow_source(), chunk_size=1)
+        )
+    )
+    worker.start()
+    other = make_engine(db_url)
+    try:
+        assert started.wait(30)
+        with other.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(Ticket)) == 3
+            if dialect == "postgresql":
+                conn.exec_driver_sql("SET lock_timeout = '300ms'")
+            else:
+                conn.exec_driver_sql("PRAGMA busy_timeout = 300")
+            with pytest.raises(OperationalError, match="lock"):
+                conn.execute(insert(Ticket).values(ticket_id=99, title="sneaked in"))
+            conn.rollback()
+    finally:
+        release.set()
+        worker.join(30)
+        other.dispose()
+    assert results and counts(results[0]) == (1, 1, 0, 0, 0)
 
 
 def test_a_run_left_running_becomes_interrupted(engine: Engine) -> None:
