@@ -230,6 +230,7 @@ class ViewLoader:
         self._column_sets: dict[tuple[str, ...], int] = {}
         self._chunks: list[_StagedChunk] = []
         self._staged_rows = 0  # rows in the stage now
+        self._noted_unchanged = 0  # of them, rows the table already holds exactly
         self.merges_as_it_reads = self._lock_target_and_check_empty()
         self._stage = self._create_stage()
         self._same = None if self.merges_as_it_reads else self._create_same()
@@ -364,11 +365,19 @@ class ViewLoader:
                 earlier.c[POSITION] < chunk.first,
             )
         )
-        deleted = int(
-            self.conn.execute(delete(stage).where(stage.c[POSITION].in_(replaced))).rowcount or 0
+        gone = list(
+            self.conn.execute(
+                delete(stage).where(stage.c[POSITION].in_(replaced)).returning(stage.c[POSITION])
+            ).scalars()
         )
-        self._staged_rows -= deleted
-        return deleted
+        self._staged_rows -= len(gone)
+        if gone and self._same is not None:
+            # A replaced row noted as unchanged is a duplicate now, not unchanged.
+            same = self._same
+            self._noted_unchanged -= int(
+                self.conn.execute(delete(same).where(same.c[POSITION].in_(gone))).rowcount or 0
+            )
+        return len(gone)
 
     def _copy(self, group: StagedGroup) -> int:
         """COPY one group's lines (COPY's text format) into the stage; how many rows."""
@@ -427,7 +436,8 @@ class ViewLoader:
                 ],
             )
         )
-        self.conn.execute(insert(self._same).from_select([POSITION], rows))
+        noted = self.conn.execute(insert(self._same).from_select([POSITION], rows)).rowcount
+        self._noted_unchanged += int(noted or 0)
 
     def _store_rejects(self, rejects: Sequence[Reject]) -> None:
         self.counts.rejected += len(rejects)
@@ -454,9 +464,8 @@ class ViewLoader:
     def finish(self) -> LoadCounts:
         """Merge what waited for the end of the source (with rows in the table already)."""
         if self._chunks:
-            unchanged = self._count_unchanged()
-            self.counts.unchanged += unchanged
-            if unchanged < self._staged_rows:
+            self.counts.unchanged += self._noted_unchanged
+            if self._noted_unchanged < self._staged_rows:
                 if self.dialect == "postgresql":
                     # Give the planner real numbers for the merges' joins.
                     self.conn.exec_driver_sql(f"ANALYZE {self._stage.name}")
@@ -480,13 +489,6 @@ class ViewLoader:
             .where(same.c[POSITION] == self._stage.c[POSITION])
             .exists()
         )
-
-    def _count_unchanged(self) -> int:
-        """How many staged rows, now each key's last occurrence, the table holds exactly."""
-        count = self.conn.execute(
-            select(func.count()).select_from(self._stage).where(self._is_unchanged())
-        ).scalar_one()
-        return int(count)
 
     def _merge_range(self, columns: tuple[str, ...], set_id: int, first: int, last: int) -> None:
         """Merge staged rows of one column set in [first, last]; bisect if refused."""

@@ -137,17 +137,18 @@ def test_a_repeat_across_chunks_into_a_filled_table_is_settled_before_writing(
         ticket(3),  # chunk 3: the table's own value, so ticket 3 is unchanged
         ticket(5),
         ticket(6, **{"TKT-Title": "renamed"}),
+        ticket(2, **{"TKT-Title": "later"}),  # chunk 4: ticket 2 was unchanged in chunk 2
     ]
     summary = pipeline.load_view(engine, "tickets", records, chunk_size=2)
-    assert counts(summary) == (0, 1, 5, 1, 0)
+    assert counts(summary) == (0, 2, 4, 2, 0)
     assert_invariant(summary)
     after = _row_versions(engine, dialect)
-    assert {k: v for k, v in after.items() if k != 6} == {
-        k: v for k, v in versions.items() if k != 6
+    assert {k: v for k, v in after.items() if k not in (2, 6)} == {
+        k: v for k, v in versions.items() if k not in (2, 6)
     }
     with engine.connect() as conn:
         titles = dict(conn.execute(select(Ticket.ticket_id, Ticket.title)).all())
-    assert titles[3] == "Ticket 3" and titles[6] == "renamed"
+    assert titles[3] == "Ticket 3" and titles[6] == "renamed" and titles[2] == "later"
 
 
 def _row_versions(engine: Engine, dialect: str) -> dict[int, Any]:
