@@ -176,6 +176,17 @@ def parsed_chunks(
         yield ParsedChunk(groups, rejects, records, frozenset(parser.unknown_fields), duplicates)
 
 
+def collect_rarely() -> None:
+    """Set the garbage collector up for a process that only reads and parses.
+
+    Reading makes millions of short-lived containers and no cycles worth chasing:
+    what the process holds already is left out of collections, and collections
+    come rarely (measured: reading 100k timesheets takes ~13% less time).
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+
+
 def _produce(
     sender: Connection_,
     view_name: str,
@@ -187,11 +198,7 @@ def _produce(
     """Child process: read and parse the source, send each chunk to the loading parent."""
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Reading makes millions of short-lived containers and no cycles worth chasing:
-    # leave what the fork inherited out of collections and collect rarely (measured:
-    # reading 100k timesheets takes ~13% less time).
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
+    collect_rarely()
     try:
         for chunk in parsed_chunks(
             VIEWS[view_name], source, source_text, chunk_size, timezone, True
