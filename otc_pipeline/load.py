@@ -214,8 +214,9 @@ class ViewLoader:
       before, so a row that meets its key already in the table met a row of an
       earlier chunk: it replaces it (the last occurrence wins) and counts as a
       duplicate.
-    - **Otherwise**: each chunk is compared with the table as it is staged, and
-      the positions of rows the table already holds exactly are noted. Writing
+    - **Otherwise**: as each chunk is staged, earlier staged rows whose key it
+      repeats are dropped (counted as duplicates), and the positions of its rows
+      the table already holds exactly are noted (counted as unchanged). Writing
       waits for the end of the source, when the last occurrence of every key is
       known, so no row is written that a later row would replace.
     """
@@ -397,6 +398,7 @@ class ViewLoader:
             cursor.close()
 
     def _empty_stage(self) -> None:
+        self._staged_rows = 0
         if self.dialect == "postgresql":
             # TRUNCATE leaves no dead rows behind for the next chunk's scans to wade through.
             self.conn.exec_driver_sql(f"TRUNCATE {self._stage.name}")
