@@ -17,6 +17,8 @@ from otc_pipeline import pipeline, runs
 from otc_pipeline.db import make_engine
 from otc_pipeline.errors import LoadLocked
 from otc_pipeline.models import EtlReject, EtlRun, Ticket, Timesheet
+from otc_pipeline.sample import write_sample
+from otc_pipeline.sources import files
 
 
 def timesheet(i: int, **fields: Any) -> dict[str, Any]:
@@ -462,3 +464,20 @@ def test_run_record_has_every_count_and_the_newest_source_time(engine: Engine) -
     assert run.warnings == "unknown fields ignored: Extra"
     # Ticket 1's last occurrence has no modified time; the newest of the rest is 5 Feb.
     assert run.latest_source_time.strftime("%Y-%m-%d") == "2026-02-05"
+
+
+def test_a_streamed_xlsx_loads_the_same_values_as_one_read_whole(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large sheets stream through openpyxl, small ones are read whole by calamine: same rows."""
+    paths = write_sample(
+        tmp_path, tickets=200, timesheets=400, comments=200, fmt="xlsx", seed=5, bad_share=0.05
+    )
+    whole = {view: pipeline.load_view(engine, view, path) for view, path in paths.items()}
+    assert all(s.inserted > 100 and s.rejected > 0 for s in whole.values())
+    monkeypatch.setattr(files, "XLSX_READ_WHOLE_MAX_BYTES", 0)
+    for view, path in paths.items():
+        streamed = pipeline.load_view(engine, view, path)
+        assert (streamed.inserted, streamed.updated) == (0, 0), view
+        assert streamed.unchanged == whole[view].inserted, view
+        assert streamed.rejected == whole[view].rejected, view

@@ -11,6 +11,7 @@ import pytest
 import xlsxwriter
 
 from otc_pipeline.errors import SourceError
+from otc_pipeline.sources import files
 from otc_pipeline.sources.files import EXTRA_CELLS_KEY, read_file, read_header
 
 
@@ -208,6 +209,14 @@ def test_csv_not_utf8(tmp_path: Path) -> None:
 # --- XLSX ------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["read whole", "streamed"])
+def xlsx_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each XLSX test runs with both readers: calamine (whole sheet) and openpyxl (streamed)."""
+    if request.param == "streamed":
+        monkeypatch.setattr(files, "XLSX_READ_WHOLE_MAX_BYTES", 0)
+    return str(request.param)
+
+
 def write_xlsx(path: Path, rows: list[list[object]], first_row: int = 0) -> Path:
     workbook = xlsxwriter.Workbook(str(path), {"default_date_format": "yyyy-mm-dd hh:mm"})
     sheet = workbook.add_worksheet()
@@ -217,7 +226,7 @@ def write_xlsx(path: Path, rows: list[list[object]], first_row: int = 0) -> Path
     return path
 
 
-def test_xlsx_typed_values_empty_cells_and_row_numbers(tmp_path: Path) -> None:
+def test_xlsx_typed_values_empty_cells_and_row_numbers(tmp_path: Path, xlsx_reader: str) -> None:
     path = write_xlsx(
         tmp_path / "timesheets.xlsx",
         [
@@ -243,7 +252,7 @@ def test_xlsx_typed_values_empty_cells_and_row_numbers(tmp_path: Path) -> None:
         "TS-Hours": 1.5,
         "TS-Date": datetime(2025, 3, 4, 9, 15),
         "TS-Billable": True,
-        "TS-Crm ID": 2400001,  # calamine gives 2400001.0; equal either way
+        "TS-Crm ID": 2400001,  # a whole number is an int from both readers
     }
     assert second == {
         "TS-User Username": "amason",
@@ -255,19 +264,21 @@ def test_xlsx_typed_values_empty_cells_and_row_numbers(tmp_path: Path) -> None:
     assert third["TS-Billable"] is False and third["TS-Hours"] is None
 
 
-def test_xlsx_header_below_empty_rows_keeps_spreadsheet_row_numbers(tmp_path: Path) -> None:
+def test_xlsx_header_below_empty_rows_keeps_spreadsheet_row_numbers(
+    tmp_path: Path, xlsx_reader: str
+) -> None:
     path = write_xlsx(tmp_path / "t.xlsx", [["a", "b"], ["x", 1]], first_row=2)
     assert records(path) == [(4, {"a": "x", "b": 1})]
 
 
-def test_xlsx_without_header_row(tmp_path: Path) -> None:
+def test_xlsx_without_header_row(tmp_path: Path, xlsx_reader: str) -> None:
     path = write_xlsx(tmp_path / "t.xlsx", [[1, 2.5], [3, 4]])
     with pytest.raises(SourceError, match="header") as info:
         records(path)
     assert str(path) in str(info.value)
 
 
-def test_xlsx_empty_sheet_has_no_header_row(tmp_path: Path) -> None:
+def test_xlsx_empty_sheet_has_no_header_row(tmp_path: Path, xlsx_reader: str) -> None:
     path = write_xlsx(tmp_path / "t.xlsx", [])
     with pytest.raises(SourceError, match="no header row") as info:
         records(path)
@@ -275,7 +286,7 @@ def test_xlsx_empty_sheet_has_no_header_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", [b"not a zip at all", b"PK\x03\x04broken"])
-def test_xlsx_that_cannot_be_opened(tmp_path: Path, content: bytes) -> None:
+def test_xlsx_that_cannot_be_opened(tmp_path: Path, content: bytes, xlsx_reader: str) -> None:
     path = write(tmp_path / "tickets.xlsx", content)
     with pytest.raises(SourceError, match="cannot be opened as an XLSX") as info:
         records(path)
