@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine
 from . import migrate, runs, users
 from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError
-from .load import ChunkEncoder, ParsedChunk, ViewLoader
+from .load import ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader
 from .parse import Parser, Reject, load_timezone
 from .settings import timezone_name
 from .views import VIEW_ORDER, VIEWS, View
@@ -325,7 +325,7 @@ def _run(
                     if progress is not None:
                         progress(view.name, loader.counts.fetched)
                 loader.finish()
-                after_load(conn, view, summary)
+                after_load(conn, view, summary, loader.counts)
                 if dry_run:
                     transaction.rollback()
                 else:
@@ -377,10 +377,12 @@ def _close_run(engine: Engine | Connection, summary: RunSummary) -> None:
     )
 
 
-def after_load(conn: Connection, view: View, summary: RunSummary) -> None:
+def after_load(conn: Connection, view: View, summary: RunSummary, counts: LoadCounts) -> None:
     """Work that belongs to a view's load transaction once its rows are merged."""
-    if view.name == "timesheets":
+    if view.name == "timesheets" and (counts.inserted or counts.updated):
         # Timesheet rows carry both names: the one reliable source for user_lookup.
+        # A load that wrote no timesheet row has nothing new to tell it (and the
+        # refresh reads the whole table); `otc users refresh` runs it on demand.
         summary.warnings.extend(users.refresh_from_timesheets(conn))
 
 

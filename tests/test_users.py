@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Connection, Engine, Table, insert, select
+from sqlalchemy import Connection, Engine, Table, delete, insert, select
 from typer.testing import CliRunner
 
 from otc_pipeline import pipeline, users
@@ -269,6 +269,31 @@ def test_timesheets_load_refreshes_user_lookup_and_reports_conflicts(
         assert {r["short_username"] for r in users.list_users(conn)} == {"djewell"}
         stored = conn.execute(select(EtlRun.warnings).where(EtlRun.id == summary.run_id)).scalar()
     assert stored is not None and "short name 'jsmith'" in stored
+
+
+def test_a_timesheets_load_that_writes_nothing_leaves_user_lookup_alone(
+    db: Engine, tmp_path: Path
+) -> None:
+    source = _write_timesheets(
+        tmp_path / "timesheets.json", [("djewell", "Dion Jewell"), ("amason", "Ann Mason")]
+    )
+    pipeline.load_view(db, "timesheets", source)
+    with db.begin() as conn:
+        conn.execute(delete(UserLookup).where(UserLookup.short_username == "amason"))
+    again = pipeline.load_view(db, "timesheets", source)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+    with db.connect() as conn:
+        assert {r["short_username"] for r in users.list_users(conn)} == {"djewell"}
+    # The next load that writes timesheet rows refreshes it again.
+    changed = _write_timesheets(
+        tmp_path / "changed.json", [("djewell", "Dion Jewell"), ("amason", "Ann Mason")]
+    )
+    records = json.loads(changed.read_text(encoding="utf-8"))
+    records["message"]["data"][0]["TS-Description"] = "edited"
+    changed.write_text(json.dumps(records), encoding="utf-8")
+    assert pipeline.load_view(db, "timesheets", changed).updated == 1
+    with db.connect() as conn:
+        assert {r["short_username"] for r in users.list_users(conn)} == {"djewell", "amason"}
 
 
 def test_cli_users_commands(db_url: str, db: Engine) -> None:
