@@ -58,6 +58,7 @@ POSITION = "_otc_position"
 COLUMN_SET = "_otc_column_set"
 KEY_HASH = "_otc_key_hash"  # Python's hash of the row's key: finds repeats across chunks cheaply
 STAGE_PREFIX = (COLUMN_SET, POSITION, KEY_HASH)  # what each staged row starts with
+_SEEN_BITS = 1 << 24
 
 
 @dataclass
@@ -101,6 +102,8 @@ class ParsedChunk:
     records: int
     unknown_fields: frozenset[str] = frozenset()
     duplicates: int = 0
+    # Key hashes of rows whose key may have come in an earlier chunk (a superset).
+    maybe_repeats: list[int] = field(default_factory=list)
 
 
 class _Group:
@@ -137,12 +140,18 @@ class ChunkEncoder:
     def __init__(self, as_copy_text: bool) -> None:
         self.as_copy_text = as_copy_text
         self._column_sets: dict[tuple[str, ...], int] = {}
+        # One bit per key hash seen (2 MB): a key whose bit is already set may repeat
+        # an earlier chunk's, and only those are looked for in the stage. A clear bit
+        # proves a key is new; a set one is a false alarm about 1% of the time at
+        # 100k keys.
+        self._seen = bytearray(_SEEN_BITS // 8)
         self._start()
 
     def _start(self) -> None:
         self._groups: dict[int, _Group] = {}  # by id(plan)
         self._group: _Group | None = None  # the last row's: usually the next one's too
         self._latest: dict[Any, tuple[_Group, int]] = {}
+        self._maybe_repeats: list[int] = []
         self._first = self._last = 0
 
     def add(self, position: int, plan: Plan, values: tuple[Any, ...]) -> None:
@@ -154,11 +163,17 @@ class ChunkEncoder:
                 self._first = position
         self._last = position
         key = group.key_of(values)
+        key_hash = hash(key)
+        bit = key_hash & (_SEEN_BITS - 1)
+        if self._seen[bit >> 3] & (1 << (bit & 7)):
+            self._maybe_repeats.append(key_hash)
+        else:
+            self._seen[bit >> 3] |= 1 << (bit & 7)
         entry = (group, len(group.rows))
         if self.as_copy_text:
-            group.rows.append("\t".join((group.set_text, str(position), str(hash(key)), *values)))
+            group.rows.append("\t".join((group.set_text, str(position), str(key_hash), *values)))
         else:
-            group.rows.append((group.set_id, position, hash(key), *values))
+            group.rows.append((group.set_id, position, key_hash, *values))
         earlier = self._latest.setdefault(key, entry)
         if earlier is not entry:
             earlier[0].superseded.add(earlier[1])
@@ -172,9 +187,10 @@ class ChunkEncoder:
         self._group = group
         return group
 
-    def flush(self) -> tuple[list[StagedGroup], int]:
-        """The chunk's groups, and how many of its rows a later row with the same key replaced."""
-        groups, duplicates = [], 0
+    def flush(self) -> tuple[list[StagedGroup], int, list[int]]:
+        """The chunk's groups; how many of its rows a later row of it replaced; the key
+        hashes of its rows whose key may repeat an earlier chunk's."""
+        groups, duplicates, maybe_repeats = [], 0, self._maybe_repeats
         for group in self._groups.values():
             duplicates += len(group.superseded)
             rows = group.kept_rows()
@@ -190,7 +206,7 @@ class ChunkEncoder:
             else:
                 groups.append(StagedGroup(columns, group.set_id, first, last, rows=rows))
         self._start()
-        return groups, duplicates
+        return groups, duplicates, maybe_repeats
 
 
 @dataclass
@@ -319,7 +335,7 @@ class ViewLoader:
             self._empty_stage()
             return
         with self._index_probes():
-            self.counts.duplicates += self._drop_earlier_occurrences(staged)
+            self.counts.duplicates += self._drop_earlier_occurrences(staged, chunk.maybe_repeats)
             for set_id in sorted(staged.column_sets):
                 self._note_unchanged(set_columns[set_id], set_id, staged.first, staged.last)
         self._chunks.append(staged)
@@ -343,12 +359,14 @@ class ViewLoader:
             self.conn.exec_driver_sql("RESET enable_hashjoin")
             self.conn.exec_driver_sql("RESET enable_mergejoin")
 
-    def _drop_earlier_occurrences(self, chunk: _StagedChunk) -> int:
+    def _drop_earlier_occurrences(self, chunk: _StagedChunk, maybe_repeats: list[int]) -> int:
         """Delete staged rows of earlier chunks whose key this chunk repeats; count them.
 
         The last occurrence wins: after each chunk the stage holds every key once.
+        Only keys the reader flagged can repeat an earlier chunk's: both sides are
+        found by those key hashes, so the work follows the repeats, not the stage.
         """
-        if not self._chunks:
+        if not self._chunks or not maybe_repeats:
             return 0
         stage = self._stage
         earlier, later = stage.alias("earlier"), stage.alias("later")
@@ -362,6 +380,8 @@ class ViewLoader:
                 ),
             )
             .where(
+                later.c[KEY_HASH].in_(maybe_repeats),
+                earlier.c[KEY_HASH].in_(maybe_repeats),
                 later.c[POSITION].between(chunk.first, chunk.last),
                 earlier.c[POSITION] < chunk.first,
             )

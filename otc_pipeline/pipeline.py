@@ -166,14 +166,24 @@ def parsed_chunks(
             encoder.add(position, *parsed)
         records += 1
         if records == chunk_size:
-            groups, duplicates = encoder.flush()
-            yield ParsedChunk(
-                groups, rejects, records, frozenset(parser.unknown_fields), duplicates
-            )
+            yield _flushed(encoder, parser, rejects, records)
             rejects, records = [], 0
     if records:
-        groups, duplicates = encoder.flush()
-        yield ParsedChunk(groups, rejects, records, frozenset(parser.unknown_fields), duplicates)
+        yield _flushed(encoder, parser, rejects, records)
+
+
+def _flushed(
+    encoder: ChunkEncoder, parser: Parser, rejects: list[Reject], records: int
+) -> ParsedChunk:
+    groups, duplicates, maybe_repeats = encoder.flush()
+    return ParsedChunk(
+        groups=groups,
+        rejects=rejects,
+        records=records,
+        unknown_fields=frozenset(parser.unknown_fields),
+        duplicates=duplicates,
+        maybe_repeats=maybe_repeats,
+    )
 
 
 def collect_rarely() -> None:
