@@ -481,3 +481,26 @@ def test_a_streamed_xlsx_loads_the_same_values_as_one_read_whole(
         assert (streamed.inserted, streamed.updated) == (0, 0), view
         assert streamed.unchanged == whole[view].inserted, view
         assert streamed.rejected == whole[view].rejected, view
+
+
+def test_keys_whose_hashes_collide_are_still_told_apart(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key hashes only narrow the search; the keys themselves decide what is a repeat."""
+    from otc_pipeline import load
+
+    monkeypatch.setattr(load, "hash", lambda key: 7, raising=False)  # every key collides
+    records = [timesheet(i) for i in range(40)]
+    assert counts(pipeline.load_view(engine, "timesheets", records, chunk_size=8)) == (
+        40,
+        0,
+        0,
+        0,
+        0,
+    )
+    records.append(timesheet(3, **{"TS-Description": "later"}))
+    records.append(timesheet(41))
+    summary = pipeline.load_view(engine, "timesheets", records, chunk_size=8)
+    assert counts(summary) == (1, 1, 39, 1, 0)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Timesheet)) == 41
