@@ -11,7 +11,8 @@ and dropped here; no other database is touched):
 4. a plain COPY of the same parsed rows into an empty copy of the table (the ceiling),
    and reading alone: read, parse and encode the file with no database (the floor
    of a reload, which must read every record to compare it);
-5. peak RSS of a load of a 1M-row JSON export (--big-rows, 0 to skip);
+5. peak RSS of a load of a 1M-row JSON export (--big-rows, 0 to skip), and the time
+   of an identical reload of it;
 6. peak RSS of a load streamed from a local OTC API server sending a large body
    (--api-mb, 0 to skip).
 
@@ -516,6 +517,25 @@ def main() -> None:
                 env,
                 pss=True,
             )
+            big_first = json.loads(run.stdout)["duration_s"]
+            again = run_measured(
+                [
+                    *OTC,
+                    "load",
+                    "timesheets",
+                    "--from",
+                    str(big),
+                    "--database-url",
+                    big_url,
+                    "--json",
+                ],
+                env,
+            )
+            big_reload = json.loads(again.stdout)["duration_s"]
+            print(
+                f"big reload   : {args.big_rows / big_reload:,.0f} rows/s ({big_reload:.1f} s, "
+                f"{big_reload / big_first:.2f}x the big first load's {big_first:.1f} s)"
+            )
             print(
                 f"big load     : {args.big_rows:,} rows, {size:.0f} MB JSON (made in {gen:.0f} s): "
                 f"{args.big_rows / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB "
@@ -527,6 +547,8 @@ def main() -> None:
                 big_peak_rss_mb=round(run.peak_rss_mb),
                 big_peak_pss_mb=round(run.peak_pss_mb),
                 big_rps=round(args.big_rows / run.seconds),
+                big_first_s=big_first,
+                big_reload_s=big_reload,
             )
             big.unlink()
 
