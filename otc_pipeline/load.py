@@ -230,11 +230,11 @@ class ViewLoader:
       before, so a row that meets its key already in the table met a row of an
       earlier chunk: it replaces it (the last occurrence wins) and counts as a
       duplicate.
-    - **Otherwise**: as each chunk is staged, earlier staged rows whose key it
-      repeats are dropped (counted as duplicates), and the positions of its rows
-      the table already holds exactly are noted (counted as unchanged). Writing
-      waits for the end of the source, when the last occurrence of every key is
-      known, so no row is written that a later row would replace.
+    - **Otherwise**: as each chunk is staged, the positions of its rows the
+      table already holds exactly are noted (counted as unchanged). Writing waits
+      for the end of the source: then staged rows whose key a later chunk repeats
+      are dropped (counted as duplicates) and the rest merged, so no row is
+      written that a later row would replace.
     """
 
     def __init__(self, conn: Connection, view: View, run_id: int | None) -> None:
