@@ -59,28 +59,26 @@ def median_run(runs: list[ChildResult], seconds: Any) -> ChildResult:
     return sorted(runs, key=seconds)[len(runs) // 2]
 
 
-def _peak_rss_mb(pid: int) -> float | None:
-    """A process's own peak RSS (VmHWM) so far, or None once it has gone."""
+def _proc_mb(pid: int, file: str, field: str) -> float | None:
+    """A kB figure from /proc/PID/FILE (the line starting FIELD), in MB; None once gone."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
+        with open(f"/proc/{pid}/{file}") as lines:
+            for line in lines:
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """A process's own peak RSS (VmHWM) so far, or None once it has gone."""
+    return _proc_mb(pid, "status", "VmHWM:")
+
+
 def _pss_mb(pid: int) -> float:
     """A process's proportional set size: its own pages plus its share of shared ones."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return 0.0
-    return 0.0
+    return _proc_mb(pid, "smaps_rollup", "Pss:") or 0.0
 
 
 def run_measured(

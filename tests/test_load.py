@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -348,30 +349,39 @@ def test_failure_mid_load_leaves_the_view_untouched(engine: Engine) -> None:
     assert "source went away" in run.error_message
 
 
-def test_concurrent_load_of_the_same_view_is_refused(engine: Engine) -> None:
+@contextmanager
+def tickets_load_held_after(
+    engine: Engine, first: dict[str, Any], *rest: dict[str, Any]
+) -> Iterator[list[pipeline.RunSummary]]:
+    """A tickets load in a thread, held after its first record until the block ends."""
     started, release = threading.Event(), threading.Event()
     results: list[pipeline.RunSummary] = []
 
-    def slow_source() -> Iterator[dict[str, Any]]:
-        yield ticket(1)
+    def held_source() -> Iterator[dict[str, Any]]:
+        yield first
         started.set()
         release.wait(30)
-        yield ticket(2)
+        yield from rest
 
     worker = threading.Thread(
         target=lambda: results.append(
-            pipeline.load_view(engine, "tickets", slow_source(), chunk_size=1)
+            pipeline.load_view(engine, "tickets", held_source(), chunk_size=1)
         )
     )
     worker.start()
     try:
         assert started.wait(30)
-        with pytest.raises(LoadLocked, match=r"another load of tickets is running \(run \d+"):
-            pipeline.load_view(engine, "tickets", [ticket(3)])
-        # Another view is not blocked by it on PostgreSQL; on SQLite it waits for the writer.
+        yield results
     finally:
         release.set()
         worker.join(30)
+
+
+def test_concurrent_load_of_the_same_view_is_refused(engine: Engine) -> None:
+    with tickets_load_held_after(engine, ticket(1), ticket(2)) as results:
+        with pytest.raises(LoadLocked, match=r"another load of tickets is running \(run \d+"):
+            pipeline.load_view(engine, "tickets", [ticket(3)])
+        # Another view is not blocked by it on PostgreSQL; on SQLite it waits for the writer.
     assert results and results[0].status == "success" and results[0].inserted == 2
 
 
@@ -380,36 +390,21 @@ def test_while_a_view_loads_readers_go_on_and_other_writers_wait(
 ) -> None:
     """What the load compares stays true until it commits: its table takes no other writes."""
     pipeline.load_view(engine, "tickets", [ticket(i) for i in range(1, 4)])
-    started, release = threading.Event(), threading.Event()
-    results: list[pipeline.RunSummary] = []
-
-    def slow_source() -> Iterator[dict[str, Any]]:
-        yield ticket(1, **{"TKT-Title": "changed"})
-        started.set()
-        release.wait(30)
-        yield ticket(4)
-
-    worker = threading.Thread(
-        target=lambda: results.append(
-            pipeline.load_view(engine, "tickets", slow_source(), chunk_size=1)
-        )
-    )
-    worker.start()
     other = make_engine(db_url)
     try:
-        assert started.wait(30)
-        with other.connect() as conn:
-            assert conn.scalar(select(func.count()).select_from(Ticket)) == 3
-            if dialect == "postgresql":
-                conn.exec_driver_sql("SET lock_timeout = '300ms'")
-            else:
-                conn.exec_driver_sql("PRAGMA busy_timeout = 300")
-            with pytest.raises(OperationalError, match="lock"):
-                conn.execute(insert(Ticket).values(ticket_id=99, title="sneaked in"))
-            conn.rollback()
+        with tickets_load_held_after(
+            engine, ticket(1, **{"TKT-Title": "changed"}), ticket(4)
+        ) as results:
+            with other.connect() as conn:
+                assert conn.scalar(select(func.count()).select_from(Ticket)) == 3
+                if dialect == "postgresql":
+                    conn.exec_driver_sql("SET lock_timeout = '300ms'")
+                else:
+                    conn.exec_driver_sql("PRAGMA busy_timeout = 300")
+                with pytest.raises(OperationalError, match="lock"):
+                    conn.execute(insert(Ticket).values(ticket_id=99, title="sneaked in"))
+                conn.rollback()
     finally:
-        release.set()
-        worker.join(30)
         other.dispose()
     assert results and counts(results[0]) == (1, 1, 0, 0, 0)
 
