@@ -247,8 +247,8 @@ class ViewLoader:
         self._column_sets: dict[tuple[str, ...], int] = {}
         self._chunks: list[_StagedChunk] = []
         self._staged_rows = 0  # rows in the stage now
-        self._maybe_repeats: set[int] = set()  # key hashes the reader saw more than once
         self._noted_unchanged = 0  # of them, rows the table already holds exactly
+        self._maybe_repeats: set[int] = set()  # key hashes the reader saw more than once
         self.merges_as_it_reads = self._lock_target_and_check_empty()
         self._stage = self._create_stage()
         self._same = None if self.merges_as_it_reads else self._create_same()
