@@ -38,6 +38,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -321,12 +322,7 @@ class ViewLoader:
             if group.copy_text is not None:
                 self._staged_rows += self._copy(group)
             else:
-                names = [*STAGE_PREFIX, *group.columns]
-                rows = group.rows or []
-                self.conn.execute(
-                    insert(self._stage), [dict(zip(names, row, strict=True)) for row in rows]
-                )
-                self._staged_rows += len(rows)
+                self._staged_rows += self._insert(group)
         self._note_source_time(staged)
         set_columns = {set_id: columns for columns, set_id in self._column_sets.items()}
         if self.merges_as_it_reads:
@@ -376,6 +372,35 @@ class ViewLoader:
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+    def _insert(self, group: StagedGroup) -> int:
+        """Insert one group's rows into the stage by executemany; how many rows.
+
+        Straight to the driver with positional rows: building a dict per row for
+        SQLAlchemy's executemany took 2.4 s of a 4.2 s SQLite reload of 100k
+        timesheets. Values go through the same bind processors SQLAlchemy applies
+        (dates, numbers and flags as SQLite stores them), so rows match those the
+        ORM writes.
+        """
+        names = [*STAGE_PREFIX, *group.columns]
+        compiled = (
+            insert(self._stage)
+            .values({name: bindparam(name) for name in names})
+            .compile(dialect=self.conn.dialect)
+        )
+        # The statement takes the values in the stage's column order.
+        order = [names.index(name) for name in compiled.positiontup or ()]
+        dialect = self.conn.dialect
+        processors = [
+            (index, processor)
+            for index, name in enumerate(compiled.positiontup or ())
+            # The dialect's own type: SQLite's DATETIME keeps microseconds, as the ORM does.
+            if (processor := self._stage.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+        ]
+        rows = [_reordered(row, order, processors) for row in group.rows or ()]
+        if rows:
+            self.conn.exec_driver_sql(str(compiled), rows)
+        return len(rows)
 
     def _empty_stage(self) -> None:
         self._staged_rows = 0
@@ -602,6 +627,16 @@ class ViewLoader:
         self._store_rejects(
             [Reject(position, None, None, f"refused by the database: {reason}", record)]
         )
+
+
+def _reordered(
+    row: tuple[Any, ...], order: list[int], processors: list[tuple[int, Any]]
+) -> tuple[Any, ...]:
+    values = [row[index] for index in order]
+    for index, processor in processors:
+        if values[index] is not None:
+            values[index] = processor(values[index])
+    return tuple(values)
 
 
 def _conflict_target(target: Table, view: View, dialect: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -499,3 +500,23 @@ def test_keys_whose_hashes_collide_are_still_told_apart(
     assert counts(summary) == (1, 1, 39, 1, 0)
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Timesheet)) == 41
+
+
+def test_a_row_the_orm_wrote_and_the_same_record_loaded_are_unchanged(engine: Engine) -> None:
+    """Loaded values are stored as the ORM stores them (SQLite keeps dates and numbers as text)."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Timesheet).values(
+                user_username="user1",
+                user_full_name="User 1",
+                date=datetime(2026, 1, 2),
+                time_from="00:15",
+                time_to="17:00",
+                hours=Decimal("1.5"),
+                crm_id=1001,
+                description="work 1",
+                billable=True,
+            )
+        )
+    summary = pipeline.load_view(engine, "timesheets", [timesheet(1)])
+    assert counts(summary) == (0, 0, 1, 0, 0)
