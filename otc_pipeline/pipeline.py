@@ -175,6 +175,7 @@ def parsed_chunks(
 def _flushed(
     encoder: ChunkEncoder, parser: Parser, rejects: list[Reject], records: int
 ) -> ParsedChunk:
+    """The chunk the encoder holds, with its rejects and how many records it read."""
     groups, duplicates, maybe_repeats = encoder.flush()
     return ParsedChunk(
         groups=groups,
