@@ -8,7 +8,10 @@ and dropped here; no other database is touched):
 3. the old loader's approach on the same file: json.load, one pydantic model per
    row with Python validators, psycopg2 execute_batch(page_size=100) of
    INSERT … ON CONFLICT in 500-row batches;
-4. a plain COPY of the same parsed rows into an empty copy of the table (the ceiling),
+4. a plain COPY of the same parsed rows into an empty copy of the table (the ceiling);
+   three ways to upsert those rows into an empty table (SQLAlchemy's executemany of
+   the upsert with RETURNING, arrays through unnest, COPY into a temporary table then
+   INSERT … SELECT … ON CONFLICT, as the loader does);
    and reading alone: read, parse and encode the file with no database (the floor
    of a reload, which must read every record to compare it);
 5. peak RSS of a load of a 1M-row JSON export (--big-rows, 0 to skip), and the time
@@ -298,15 +301,15 @@ print(json.dumps({"rows": len(records), "seconds": time.perf_counter() - start})
 # --- COPY ceiling ---------------------------------------------------------------------------
 
 
-def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
-    """Rows and seconds of one COPY of the parsed rows into an empty copy of the table."""
+def parsed_rows(path: Path) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The timesheet columns and the rows a load keeps (parsed, last occurrence wins)."""
     from otc_pipeline.parse import Parser, Reject, load_timezone
     from otc_pipeline.sources.files import read_file
     from otc_pipeline.views import TIMESHEETS
 
     parser = Parser(TIMESHEETS, load_timezone("UTC"))
     columns = [c.key for c in TIMESHEETS.table.columns if c.key != "id"]
-    by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # the rows the load keeps: last wins
+    by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for position, record in read_file(path):
         parsed = parser.parse(position, record)
         if isinstance(parsed, Reject):
@@ -316,9 +319,19 @@ def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
         key = tuple(row.get(k) for k in TIMESHEETS.key)
         by_key.pop(key, None)
         by_key[key] = tuple(row.get(c) for c in columns)
+    return columns, list(by_key.values())
+
+
+def _csv_body(rows: list[tuple[Any, ...]]) -> io.StringIO:
     body = io.StringIO()
-    csv.writer(body, lineterminator="\n").writerows(by_key.values())
+    csv.writer(body, lineterminator="\n").writerows(rows)
     body.seek(0)
+    return body
+
+
+def copy_ceiling(columns: list[str], rows: list[tuple[Any, ...]], dsn: str) -> float:
+    """Seconds of one COPY of the parsed rows into an empty copy of the table."""
+    body = _csv_body(rows)
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
         cur.execute(
@@ -334,7 +347,101 @@ def copy_ceiling(path: Path, dsn: str) -> tuple[int, float]:
         conn.commit()
         seconds = time.perf_counter() - started
     conn.close()
-    return len(by_key), seconds
+    return seconds
+
+
+TRANSPORT_CHUNK = 10_000
+
+
+def transports(
+    columns: list[str], rows: list[tuple[Any, ...]], server: Server, base: str
+) -> dict[str, float]:
+    """Seconds to upsert the same parsed rows into an empty table, three ways, 10k-row chunks.
+
+    The issue's baseline (SQLAlchemy's executemany of insert().on_conflict_do_update(),
+    with RETURNING so that it is batched), arrays through unnest, and what the loader
+    does (COPY into a temporary table, then INSERT … SELECT … ON CONFLICT). Each returns
+    (xmax = 0) per row, as the loader needs for its counts; parsing is not timed.
+    """
+    from sqlalchemy import create_engine, literal_column
+    from sqlalchemy.dialects import postgresql
+
+    from otc_pipeline.views import TIMESHEETS
+
+    table = TIMESHEETS.table
+    updates = [c for c in columns if c not in TIMESHEETS.key]
+    chunks = [rows[i : i + TRANSPORT_CHUNK] for i in range(0, len(rows), TRANSPORT_CHUNK)]
+    # SQL text below is built from the model's own column names only (nothing read in).
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    conflict = "ON CONFLICT ON CONSTRAINT timesheets_unique_entry DO UPDATE SET " + ", ".join(
+        f'"{c}" = EXCLUDED."{c}"' for c in updates
+    )
+    results: dict[str, float] = {}
+
+    name = server.create()
+    migrate_head(url_for(base, name))
+    engine = create_engine(url_for(base, name))
+    statement = postgresql.insert(table)
+    upsert: Any = statement.on_conflict_do_update(
+        constraint="timesheets_unique_entry",
+        set_={table.c[c]: statement.excluded[c] for c in updates},
+    ).returning(literal_column("(xmax = 0)"))
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for chunk in chunks:
+            conn.execute(upsert, [dict(zip(columns, row, strict=True)) for row in chunk]).all()
+    results["executemany"] = time.perf_counter() - started
+    engine.dispose()
+
+    casts = {
+        "DateTime": "timestamp[]",
+        "Numeric": "numeric[]",
+        "Integer": "integer[]",
+        "Boolean": "boolean[]",
+    }
+    arrays = ", ".join(
+        f"%s::{casts.get(type(table.c[c].type).__name__, 'text[]')}" for c in columns
+    )
+    conn = psycopg2.connect(dsn_for(base, _fresh(server, base)))
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        for chunk in chunks:
+            unnest_upsert = (
+                f"INSERT INTO servicedesk.timesheets ({quoted}) SELECT * FROM unnest({arrays}) "  # noqa: S608
+                f"{conflict} RETURNING (xmax = 0)"
+            )
+            cur.execute(unnest_upsert, [list(values) for values in zip(*chunk, strict=True)])
+            cur.fetchall()
+    conn.commit()
+    results["unnest"] = time.perf_counter() - started
+    conn.close()
+
+    conn = psycopg2.connect(dsn_for(base, _fresh(server, base)))
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMPORARY TABLE stage ON COMMIT DROP AS "  # noqa: S608
+            f"SELECT {quoted} FROM servicedesk.timesheets WITH NO DATA"
+        )
+        for chunk in chunks:
+            cur.copy_expert(f"COPY stage ({quoted}) FROM STDIN WITH (FORMAT csv)", _csv_body(chunk))
+            merge = (
+                f"INSERT INTO servicedesk.timesheets ({quoted}) SELECT {quoted} FROM stage "  # noqa: S608
+                f"{conflict} RETURNING (xmax = 0)"
+            )
+            cur.execute(merge)
+            cur.fetchall()
+            cur.execute("TRUNCATE stage")
+    conn.commit()
+    results["copy and merge"] = time.perf_counter() - started
+    conn.close()
+    return results
+
+
+def _fresh(server: Server, base: str) -> str:
+    name = server.create()
+    migrate_head(url_for(base, name))
+    return name
 
 
 def reading_alone(path: Path) -> float:
@@ -441,9 +548,12 @@ def main() -> None:
         old = median_run(olds, lambda r: json.loads(r.stdout)["seconds"])
         summary, resummary = json.loads(first.stdout), json.loads(reload.stdout)
 
-        copy_db = server.create()
-        migrate_head(url_for(args.server, copy_db))
-        copied, copy_seconds = copy_ceiling(path, dsn_for(args.server, copy_db))
+        columns, kept = parsed_rows(path)
+        copied = len(kept)
+        copy_seconds = copy_ceiling(
+            columns, kept, dsn_for(args.server, _fresh(server, args.server))
+        )
+        moved = transports(columns, kept, server, args.server)
         reading = sorted(reading_alone(path) for _ in range(args.repeat))[args.repeat // 2]
 
         # Rates use each load's own clock, from opening the file to the commit (our
@@ -470,6 +580,10 @@ def main() -> None:
             f"COPY ceiling : {copied / copy_seconds:>9,.0f} rows/s ({copy_seconds:.2f} s, database side only)"
         )
         print(
+            "upsert transports (empty table, 10k-row chunks, database and driver, no parse): "
+            + "; ".join(f"{way} {copied / seconds:,.0f} rows/s" for way, seconds in moved.items())
+        )
+        print(
             f"reading alone: {rows / reading:>9,.0f} rows/s ({reading:.2f} s: read, parse and encode "
             f"the file in one process, no database; a reload cannot take less)"
         )
@@ -489,6 +603,7 @@ def main() -> None:
             old_rps=round(rows / old_s),
             copy_rps=round(copied / copy_seconds),
             reading_rps=round(rows / reading),
+            transports_rps={way: round(copied / seconds) for way, seconds in moved.items()},
             speedup=round(old_s / first_s, 1),
             first_peak_rss_mb=round(first.peak_rss_mb),
         )
