@@ -84,8 +84,6 @@ class StagedGroup:
 
     columns: tuple[str, ...]
     column_set: int
-    first: int
-    last: int
     copy_text: bytes | None = None  # lines of COPY's text format, UTF-8
     rows: list[tuple[Any, ...]] | None = None
 
@@ -101,6 +99,8 @@ class ParsedChunk:
     groups: list[StagedGroup]
     rejects: list[Reject]
     records: int
+    first: int = 0  # source positions of the chunk's first and last rows
+    last: int = 0
     unknown_fields: frozenset[str] = frozenset()
     duplicates: int = 0
     # Key hashes of rows whose key may have come in an earlier chunk (a superset).
@@ -188,26 +188,36 @@ class ChunkEncoder:
         self._group = group
         return group
 
-    def flush(self) -> tuple[list[StagedGroup], int, list[int]]:
-        """The chunk's groups; how many of its rows a later row of it replaced; the key
-        hashes of its rows whose key may repeat an earlier chunk's."""
-        groups, duplicates, maybe_repeats = [], 0, self._maybe_repeats
+    def flush(
+        self, rejects: list[Reject], records: int, unknown_fields: frozenset[str]
+    ) -> ParsedChunk:
+        """The chunk collected so far (with the reader's rejects and counts); start anew."""
+        groups, duplicates = [], 0
         for group in self._groups.values():
             duplicates += len(group.superseded)
             rows = group.kept_rows()
             if not rows:
                 continue
-            # Every group is given the chunk's range: merges pick rows by column set too.
-            columns, first, last = group.plan.columns, self._first, self._last
+            columns = group.plan.columns
             if self.as_copy_text:
                 # Bytes: the loading process hands them to COPY as they are (a str would
                 # be copied into a StringIO at four bytes a character).
                 body = ("\n".join(rows) + "\n").encode()
-                groups.append(StagedGroup(columns, group.set_id, first, last, copy_text=body))
+                groups.append(StagedGroup(columns, group.set_id, copy_text=body))
             else:
-                groups.append(StagedGroup(columns, group.set_id, first, last, rows=rows))
+                groups.append(StagedGroup(columns, group.set_id, rows=rows))
+        chunk = ParsedChunk(
+            groups=groups,
+            rejects=rejects,
+            records=records,
+            first=self._first,
+            last=self._last,
+            unknown_fields=unknown_fields,
+            duplicates=duplicates,
+            maybe_repeats=self._maybe_repeats,
+        )
         self._start()
-        return groups, duplicates, maybe_repeats
+        return chunk
 
 
 @dataclass
@@ -313,9 +323,7 @@ class ViewLoader:
             self._store_rejects(chunk.rejects)
         if not chunk.groups:
             return
-        staged = _StagedChunk(
-            first=min(g.first for g in chunk.groups), last=max(g.last for g in chunk.groups)
-        )
+        staged = _StagedChunk(first=chunk.first, last=chunk.last)
         for group in chunk.groups:
             self._column_sets[group.columns] = group.column_set
             staged.column_sets.add(group.column_set)

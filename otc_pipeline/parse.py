@@ -55,7 +55,6 @@ class Plan:
     missing_required: str | None  # a required field the records lack entirely
     unknown: tuple[str, ...]  # fields of the source this view does not know
     required_slots: tuple[int, ...] = ()  # positions in `columns` that must not be NULL
-    key_slots: tuple[int, ...] = ()  # positions in `columns` of the view's key, in key order
     # record -> column values; raises CoercionError or BlankKey for a record to reject
     convert: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
     # column values -> the view's key (one value, or a tuple of them)
@@ -383,7 +382,6 @@ class Parser:
             missing_required=missing,
             unknown=unknown,
             required_slots=required_slots,
-            key_slots=key_slots,
             convert=None
             if missing
             else _compile(steps, required_slots, self.as_text, len(fields), unknown),

@@ -12,7 +12,7 @@ import multiprocessing
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, tzinfo
 from multiprocessing.connection import Connection as Connection_
 from pathlib import Path
@@ -37,20 +37,14 @@ Source = Path | str | Iterable[Any]
 Progress = Callable[[str, int], None]
 
 
-@dataclass
-class RunSummary:
-    """What one load of one view did; `fetched` equals the sum of the five outcomes."""
+@dataclass(kw_only=True)
+class RunSummary(LoadCounts):
+    """What one load of one view did: its counts, and the run around them."""
 
     view: str
     run_id: int | None
     status: str  # success, partial, failed (or "dry-run")
     source: str
-    fetched: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-    rejected: int = 0
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -65,9 +59,14 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """The `otc load --json` object."""
-        data = asdict(self)
-        for name in ("warnings", "error", "latest_source_time"):
-            data.pop(name)
+        data: dict[str, Any] = {
+            "view": self.view,
+            "run_id": self.run_id,
+            "status": self.status,
+            "source": self.source,
+            **{count.name: getattr(self, count.name) for count in fields(LoadCounts)},
+            "duration_s": self.duration_s,
+        }
         if self.error:
             data["error"] = self.error
         if self.warnings:
@@ -166,25 +165,10 @@ def parsed_chunks(
             encoder.add(position, *parsed)
         records += 1
         if records == chunk_size:
-            yield _flushed(encoder, parser, rejects, records)
+            yield encoder.flush(rejects, records, frozenset(parser.unknown_fields))
             rejects, records = [], 0
     if records:
-        yield _flushed(encoder, parser, rejects, records)
-
-
-def _flushed(
-    encoder: ChunkEncoder, parser: Parser, rejects: list[Reject], records: int
-) -> ParsedChunk:
-    """The chunk the encoder holds, with its rejects and how many records it read."""
-    groups, duplicates, maybe_repeats = encoder.flush()
-    return ParsedChunk(
-        groups=groups,
-        rejects=rejects,
-        records=records,
-        unknown_fields=frozenset(parser.unknown_fields),
-        duplicates=duplicates,
-        maybe_repeats=maybe_repeats,
-    )
+        yield encoder.flush(rejects, records, frozenset(parser.unknown_fields))
 
 
 def collect_rarely() -> None:
@@ -408,9 +392,9 @@ def after_load(conn: Connection, view: View, summary: RunSummary, counts: LoadCo
 
 
 def _copy_counts(summary: RunSummary, loader: ViewLoader) -> None:
-    """The loader's counts onto the summary (the same six names on both)."""
-    for name, value in asdict(loader.counts).items():
-        setattr(summary, name, value)
+    """The loader's counts onto the summary (a RunSummary is LoadCounts and its run)."""
+    for count in fields(LoadCounts):
+        setattr(summary, count.name, getattr(loader.counts, count.name))
 
 
 def _error_text(exc: BaseException, source_text: str) -> str:

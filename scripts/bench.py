@@ -378,9 +378,7 @@ def transports(
     )
     results: dict[str, float] = {}
 
-    name = server.create()
-    migrate_head(url_for(base, name))
-    engine = create_engine(url_for(base, name))
+    engine = create_engine(url_for(base, _fresh(server, base)))
     statement = postgresql.insert(table)
     upsert: Any = statement.on_conflict_do_update(
         constraint="timesheets_unique_entry",
@@ -439,6 +437,7 @@ def transports(
 
 
 def _fresh(server: Server, base: str) -> str:
+    """A new throwaway database at head; its name."""
     name = server.create()
     migrate_head(url_for(base, name))
     return name
@@ -529,15 +528,13 @@ def main() -> None:
         load_args = [*OTC, "load", "timesheets", "--from", str(path), "--json"]
         firsts, reloads, olds, written_reload = [], [], [], 0
         for _ in range(args.repeat):
-            ours = server.create()
+            ours = _fresh(server, args.server)
             url = url_for(args.server, ours)
-            migrate_head(url)
             firsts.append(run_measured([*load_args, "--database-url", url], env))
             before = written_rows(dsn_for(args.server, ours))
             reloads.append(run_measured([*load_args, "--database-url", url], env))
             written_reload = max(written_reload, written_rows(dsn_for(args.server, ours)) - before)
-            old_db = server.create()
-            migrate_head(url_for(args.server, old_db))
+            old_db = _fresh(server, args.server)
             olds.append(
                 run_measured(
                     [PYTHON, "-c", OLD_LOADER, str(path), dsn_for(args.server, old_db)], env
@@ -612,9 +609,7 @@ def main() -> None:
             t = time.perf_counter()
             big = sample(work / "big", args.big_rows, seed=2)
             size = big.stat().st_size / 1e6
-            big_db = server.create()
-            big_url = url_for(args.server, big_db)
-            migrate_head(big_url)
+            big_url = url_for(args.server, _fresh(server, args.server))
             gen = time.perf_counter() - t
             run = run_measured(
                 [
@@ -631,8 +626,7 @@ def main() -> None:
                 pss=True,
             )
             # Timed apart from the memory run: reading PSS slows the processes it reads.
-            timed_url = url_for(args.server, server.create())
-            migrate_head(timed_url)
+            timed_url = url_for(args.server, _fresh(server, args.server))
             big_load = [*OTC, "load", "timesheets", "--from", str(big), "--database-url", timed_url]
             big_first = json.loads(run_measured([*big_load, "--json"], env).stdout)["duration_s"]
             big_reload = json.loads(run_measured([*big_load, "--json"], env).stdout)["duration_s"]
@@ -684,9 +678,7 @@ def api_bench(args: argparse.Namespace, server: Server, env: dict[str, str]) -> 
     try:
         assert serving.stdout is not None
         base_url = serving.stdout.readline().strip()
-        db = server.create()
-        url = url_for(args.server, db)
-        migrate_head(url)
+        url = url_for(args.server, _fresh(server, args.server))
         state = tempfile.mkdtemp(prefix="otc-bench-state-")
         child_env = dict(
             env,
