@@ -28,9 +28,9 @@ from .parse import Parser, Reject, load_timezone
 from .settings import timezone_name
 from .views import VIEW_ORDER, VIEWS, View
 
-DEFAULT_CHUNK_SIZE = (
-    10000  # measured on 100k timesheets: the fastest first load and reload (vs 5k, 20k)
-)
+# Measured on 100k timesheets (first load / reload): 5k 1.86 / 1.50 s, 10k 1.89 / 1.42 s,
+# 20k 1.94 / 1.54 s. First loads were within noise; 10k gave the fastest reload.
+DEFAULT_CHUNK_SIZE = 10000
 SUFFIXES = (".json", ".csv", ".xlsx")
 
 Source = Path | str | Iterable[Any]
