@@ -272,3 +272,34 @@ def test_xlsx_history_export_loads(db_url: str, tmp_path: Path) -> None:
     result = otc("load", "all", "--from", str(folder), "--database-url", db_url, "--json")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["status"] for line in result.stdout.splitlines()] == ["success"] * 3
+
+
+def test_json_summary_keys_come_in_the_documented_order(tmp_path: Path) -> None:
+    """product.md's `--json` object: the run first, then the counts, then the duration."""
+    paths = write_sample(tmp_path, tickets=5, timesheets=0, comments=0, fmt="json", seed=1)
+    result = CliRunner().invoke(
+        app,
+        [
+            "load",
+            "tickets",
+            "--from",
+            str(paths["tickets"]),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'otc.db'}",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.output.splitlines()[0])) == [
+        "view",
+        "run_id",
+        "status",
+        "source",
+        "fetched",
+        "inserted",
+        "updated",
+        "unchanged",
+        "duplicates",
+        "rejected",
+        "duration_s",
+    ]
