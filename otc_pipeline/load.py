@@ -110,19 +110,11 @@ class ParsedChunk:
 class _Group:
     """The rows of one chunk that carry one set of columns, in source order."""
 
-    __slots__ = ("key_of", "plan", "rows", "set_id", "set_text", "superseded")
+    __slots__ = ("columns", "rows", "set_id", "set_text")
 
-    def __init__(self, plan: Plan, set_id: int) -> None:
-        assert plan.key_of is not None  # rows come from plans that have every key field
-        self.plan, self.set_id, self.key_of = plan, set_id, plan.key_of
-        self.set_text = str(set_id)
+    def __init__(self, columns: tuple[str, ...], set_id: int) -> None:
+        self.columns, self.set_id, self.set_text = columns, set_id, str(set_id)
         self.rows: list[Any] = []
-        self.superseded: set[int] = set()  # indexes of rows a later row with their key replaced
-
-    def kept_rows(self) -> list[Any]:
-        if not self.superseded:
-            return self.rows
-        return [row for index, row in enumerate(self.rows) if index not in self.superseded]
 
 
 class ChunkEncoder:
@@ -149,63 +141,70 @@ class ChunkEncoder:
         self._start()
 
     def _start(self) -> None:
-        self._groups: dict[int, _Group] = {}  # by id(plan)
-        self._group: _Group | None = None  # the last row's: usually the next one's too
-        self._latest: dict[Any, tuple[_Group, int]] = {}
+        self._groups: dict[int, _Group] = {}  # by column set
+        self._plan: Plan | None = None  # the last row's: usually the next one's too
+        self._group: _Group | None = None  # the last plan's group, and its key
+        self._key_of: Any = None
+        # Each key's latest row (the row object itself): the rows it does not hold
+        # were replaced by a later row of their key.
+        self._latest: dict[Any, Any] = {}
+        self._rows = 0
         self._maybe_repeats: list[int] = []
         self._first = self._last = 0
 
     def add(self, position: int, plan: Plan, values: tuple[Any, ...]) -> None:
         """One parsed row; it replaces an earlier row of this chunk with the same key."""
-        group = self._group
-        if group is None or group.plan is not plan:
-            group = self._group_for(plan)
+        if plan is not self._plan:
+            self._use(plan)
             if not self._first:
                 self._first = position
+        group = self._group
+        assert group is not None
         self._last = position
-        key = group.key_of(values)
+        key = self._key_of(values)
         key_hash = hash(key)
         bit = key_hash & (_SEEN_BITS - 1)
-        if self._seen[bit >> 3] & (1 << (bit & 7)):
+        byte, flag = bit >> 3, 1 << (bit & 7)
+        seen = self._seen
+        if seen[byte] & flag:
             self._maybe_repeats.append(key_hash)
         else:
-            self._seen[bit >> 3] |= 1 << (bit & 7)
-        entry = (group, len(group.rows))
+            seen[byte] |= flag
         if self.as_copy_text:
-            group.rows.append("\t".join((group.set_text, str(position), str(key_hash), *values)))
+            row: Any = "\t".join((group.set_text, str(position), str(key_hash), *values))
         else:
-            group.rows.append((group.set_id, position, key_hash, *values))
-        earlier = self._latest.setdefault(key, entry)
-        if earlier is not entry:
-            earlier[0].superseded.add(earlier[1])
-            self._latest[key] = entry
+            row = (group.set_id, position, key_hash, *values)
+        group.rows.append(row)
+        self._latest[key] = row
+        self._rows += 1
 
-    def _group_for(self, plan: Plan) -> _Group:
-        group = self._groups.get(id(plan))
+    def _use(self, plan: Plan) -> None:
+        """Make ``plan`` the current one: its rows go to the group of its columns."""
+        assert plan.key_of is not None  # rows come from plans that have every key field
+        set_id = self._column_sets.setdefault(plan.columns, len(self._column_sets))
+        group = self._groups.get(set_id)
         if group is None:
-            set_id = self._column_sets.setdefault(plan.columns, len(self._column_sets))
-            group = self._groups[id(plan)] = _Group(plan, set_id)
-        self._group = group
-        return group
+            group = self._groups[set_id] = _Group(plan.columns, set_id)
+        self._plan, self._group, self._key_of = plan, group, plan.key_of
 
     def flush(
         self, rejects: list[Reject], records: int, unknown_fields: frozenset[str]
     ) -> ParsedChunk:
         """The chunk collected so far (with the reader's rejects and counts); start anew."""
-        groups, duplicates = [], 0
+        duplicates = self._rows - len(self._latest)
+        kept = set(map(id, self._latest.values())) if duplicates else None
+        groups = []
         for group in self._groups.values():
-            duplicates += len(group.superseded)
-            rows = group.kept_rows()
+            rows = group.rows if kept is None else [r for r in group.rows if id(r) in kept]
             if not rows:
                 continue
-            columns = group.plan.columns
             if self.as_copy_text:
                 # Bytes: the loading process hands them to COPY as they are (a str would
                 # be copied into a StringIO at four bytes a character).
                 body = ("\n".join(rows) + "\n").encode()
-                groups.append(StagedGroup(columns, group.set_id, copy_text=body))
+                groups.append(StagedGroup(group.columns, group.set_id, copy_text=body))
             else:
-                groups.append(StagedGroup(columns, group.set_id, rows=rows))
+                groups.append(StagedGroup(group.columns, group.set_id, rows=rows))
         chunk = ParsedChunk(
             groups=groups,
             rejects=rejects,
