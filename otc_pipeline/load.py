@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -60,6 +61,9 @@ COLUMN_SET = "_otc_column_set"
 KEY_HASH = "_otc_key_hash"  # Python's hash of the row's key: finds repeats across chunks cheaply
 STAGE_PREFIX = (COLUMN_SET, POSITION, KEY_HASH)  # what each staged row starts with
 _SEEN_BITS = 1 << 26
+# Positions of a split source's second half start here (see pipeline), above any
+# real position, until the first half's count of records says what they are.
+SECOND_HALF = 1 << 40
 
 
 @dataclass
@@ -105,6 +109,8 @@ class ParsedChunk:
     duplicates: int = 0
     # Key hashes of rows whose key may have come in an earlier chunk (a superset).
     maybe_repeats: list[int] = field(default_factory=list)
+    # On the last chunk of a source read in two halves: the first half's count of records.
+    first_half_records: int | None = None
 
 
 class _Group:
@@ -130,8 +136,11 @@ class ChunkEncoder:
     not carry.
     """
 
-    def __init__(self, as_copy_text: bool) -> None:
+    def __init__(self, as_copy_text: bool, keep_key_hashes: bool = False) -> None:
         self.as_copy_text = as_copy_text
+        # Every row's key hash, for a reader of a second half: the first half's
+        # reader saw other keys, which these may repeat (see seen_before).
+        self.key_hashes: array[int] | None = array("q") if keep_key_hashes else None
         self._column_sets: dict[tuple[str, ...], int] = {}
         # One bit per key hash seen (8 MB): a key whose bit is already set may repeat
         # an earlier chunk's, and only those are looked for in the stage. A clear bit
@@ -170,6 +179,8 @@ class ChunkEncoder:
             self._maybe_repeats.append(key_hash)
         else:
             seen[byte] |= flag
+        if self.key_hashes is not None:
+            self.key_hashes.append(key_hash)
         if self.as_copy_text:
             row: Any = "\t".join((group.set_text, str(position), str(key_hash), *values))
         else:
@@ -186,6 +197,10 @@ class ChunkEncoder:
         if group is None:
             group = self._groups[set_id] = _Group(plan.columns, set_id)
         self._plan, self._group, self._key_of = plan, group, plan.key_of
+
+    def seen_keys(self) -> bytes:
+        """The bits of every key hash this encoder has met."""
+        return bytes(self._seen)
 
     def flush(
         self, rejects: list[Reject], records: int, unknown_fields: frozenset[str]
@@ -217,6 +232,12 @@ class ChunkEncoder:
         )
         self._start()
         return chunk
+
+
+def seen_before(seen: bytes, key_hashes: Iterable[int]) -> list[int]:
+    """The hashes whose bit another encoder's ``seen_keys()`` has set (a superset of repeats)."""
+    mask = _SEEN_BITS - 1
+    return [h for h in key_hashes if seen[(h & mask) >> 3] & (1 << (h & 7))]
 
 
 @dataclass
@@ -259,6 +280,10 @@ class ViewLoader:
         self._staged_rows = 0  # rows in the stage now
         self._noted_unchanged = 0  # of them, rows the table already holds exactly
         self._maybe_repeats: set[int] = set()  # key hashes the reader saw more than once
+        # A source read in two halves: positions from SECOND_HALF on are the second
+        # half's, known once the first half's count arrives; their rejects wait for it.
+        self._first_half_records: int | None = None
+        self._held_rejects: list[Reject] = []
         self.merges_as_it_reads = self._lock_target_and_check_empty()
         self._stage = self._create_stage()
         self._same = None if self.merges_as_it_reads else self._create_same()
@@ -318,6 +343,11 @@ class ViewLoader:
         """Stage one chunk, store its parse rejects, then merge it or compare it."""
         self.counts.fetched += chunk.records
         self.counts.duplicates += chunk.duplicates
+        self._maybe_repeats.update(chunk.maybe_repeats)
+        if chunk.first_half_records is not None:
+            self._first_half_records = chunk.first_half_records
+            held, self._held_rejects = self._held_rejects, []
+            self._write_rejects(held)
         if chunk.rejects:
             self._store_rejects(chunk.rejects)
         if not chunk.groups:
@@ -337,7 +367,6 @@ class ViewLoader:
                 self._merge_range(set_columns[set_id], set_id, staged.first, staged.last)
             self._empty_stage()
             return
-        self._maybe_repeats.update(chunk.maybe_repeats)
         with self._index_probes():
             for set_id in sorted(staged.column_sets):
                 self._note_unchanged(set_columns[set_id], set_id, staged.first, staged.last)
@@ -454,8 +483,24 @@ class ViewLoader:
         self._noted_unchanged += int(noted or 0)
 
     def _store_rejects(self, rejects: Sequence[Reject]) -> None:
+        """Count rejects and keep them in etl_rejects (a second half's once it is placed)."""
         self.counts.rejected += len(rejects)
         if self.run_id is None:
+            return
+        if self._first_half_records is None and rejects and rejects[-1].position >= SECOND_HALF:
+            self._held_rejects.extend(rejects)
+            return
+        self._write_rejects(rejects)
+
+    def source_position(self, position: int) -> int:
+        """Where a staged or parsed row stands in its source."""
+        if position < SECOND_HALF:
+            return position
+        assert self._first_half_records is not None
+        return position - SECOND_HALF + self._first_half_records
+
+    def _write_rejects(self, rejects: Sequence[Reject]) -> None:
+        if not rejects:
             return
         self.conn.execute(
             insert(EtlReject),
@@ -463,7 +508,7 @@ class ViewLoader:
                 {
                     "run_id": self.run_id,
                     "view_name": self.view.name,
-                    "source_position": r.position,
+                    "source_position": self.source_position(r.position),
                     "field": r.field,
                     "value": r.value,
                     "reason": r.reason,
@@ -477,6 +522,7 @@ class ViewLoader:
 
     def finish(self) -> LoadCounts:
         """Merge what waited for the end of the source (with rows in the table already)."""
+        assert not self._held_rejects  # a split source's last chunk places its second half
         if self._chunks:
             self.counts.duplicates += self._drop_repeats()
             self.counts.unchanged += self._noted_unchanged

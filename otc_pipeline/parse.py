@@ -457,6 +457,39 @@ def _remembering(coerce: Coercer, cache: dict[str, Any]) -> Coercer:
     return coerce_and_remember
 
 
+def _remembering_timestamp_text(coerce: Coercer, cache: dict[str, Any]) -> Coercer:
+    """``_remembering`` for timestamps as COPY text, trying PostgreSQL's own shape first.
+
+    Modification times rarely repeat, so they are the parser's most frequent cache
+    miss (measured: about 90% of a timesheet export's). A plain
+    'YYYY-MM-DD HH:MM:SS' is already how PostgreSQL prints the value: it only needs
+    validating, which ``fromisoformat`` does in C. Everything else, and every
+    invalid value, goes through ``coerce``, which gives the reason.
+    """
+    fromisoformat = datetime.fromisoformat
+
+    def coerce_and_remember(raw: Any) -> Any:
+        if (
+            len(raw) == 19
+            and raw[10] == " "
+            and raw[4] == raw[7] == "-"
+            and raw[13] == raw[16] == ":"
+        ):
+            try:
+                fromisoformat(raw)  # 19 characters in this shape leave no room for an offset
+            except ValueError:
+                value = coerce(raw)  # raises the reason
+            else:
+                value = raw
+        else:
+            value = coerce(raw)
+        if len(cache) < CACHE_LIMIT:
+            cache[raw] = value
+        return value
+
+    return coerce_and_remember
+
+
 def _compile(
     steps: tuple[tuple[str, Coercer, dict[str, Any] | None], ...],
     required_slots: tuple[int, ...],
@@ -519,7 +552,12 @@ def _compile(
             ]
         else:
             namespace[f"cache{i}"] = cache
-            namespace[f"parse{i}"] = _remembering(coerce, cache)
+            remember = (
+                _remembering_timestamp_text
+                if isinstance(coerce, DateTimeAsText)
+                else _remembering
+            )
+            namespace[f"parse{i}"] = remember(coerce, cache)
             namespace[f"coerce{i}"] = coerce
             lines += [
                 f"    if {v}.__class__ is str:",

@@ -19,8 +19,11 @@ No database imports here.
 from __future__ import annotations
 
 import csv
+import json
+import re
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -225,6 +228,121 @@ def _iter_json(path: Path, start: int, prefix: str) -> Iterator[SourceRecord]:
             yield from enumerate(ijson.items(f, prefix), 1)
         except (ijson.JSONError, UnicodeDecodeError) as exc:
             raise _json_error(path, f, exc) from exc
+
+
+# --- JSON in two halves ----------------------------------------------------------------
+
+# A comma between two records: '}' and '{' around it, whitespace allowed.
+_RECORD_BOUNDARY = re.compile(rb"\}[ \t\r\n]*(,)[ \t\r\n]*\{")
+_BOUNDARY_WINDOW = 1 << 20  # bytes searched for one, from the middle of the file
+
+
+@dataclass(frozen=True)
+class JsonPart:
+    """One half of a JSON export's record array, readable on its own.
+
+    The first half is the file up to a comma between two records, then the
+    closing brackets of the envelope; the second is the envelope's opening, then
+    the rest of the file after that comma. Each is a JSON text that ijson reads
+    like a whole export. Which comma is a guess (see :func:`split_json`), and only
+    reading the first half to its end proves it: see :func:`read_json_part`.
+    """
+
+    path: Path
+    start: int  # the file's bytes [start, end) are read, between `before` and `after`
+    end: int | None  # None: to the end of the file
+    before: bytes
+    after: bytes
+    prefix: str  # the records' ijson prefix
+
+
+def split_json(path: Path, min_bytes: int) -> tuple[JsonPart, JsonPart] | None:
+    """Two halves of a JSON export of at least ``min_bytes``, or None (read it whole).
+
+    The split is at the first comma between a '}' and a '{' past the middle of
+    the file: between two records, unless the text of some field holds '}, {'
+    right there. Then the first half does not parse to its end (its closing
+    brackets land inside that text), so a wrong guess is always found out.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    size = path.stat().st_size
+    start = _json_start(path)
+    if start is None or size - start < min_bytes:
+        return None
+    prefix = _json_items_prefix(path, start)
+    keys = prefix.split(".")[:-1]  # "message.data.item": the record array is at message.data
+    with path.open("rb") as f:
+        middle = start + (size - start) // 2
+        f.seek(middle)
+        boundary = _RECORD_BOUNDARY.search(f.read(_BOUNDARY_WINDOW))
+    if boundary is None:
+        return None
+    comma = middle + boundary.start(1)
+    # The envelope's names are the fixed ones of _JSON_ARRAY_PATHS, never text from the file.
+    opening = ("".join("{" + json.dumps(key) + ":" for key in keys) + "[").encode()
+    closing = ("]" + "}" * len(keys)).encode()
+    return (
+        JsonPart(path, start, comma, b"", closing, prefix),
+        JsonPart(path, comma + 1, None, opening, b"", prefix),
+    )
+
+
+class _SplicedFile:
+    """A file-like reader of one JsonPart: ``before``, the file's bytes, then ``after``.
+
+    ``tell()`` is the offset in the file itself, so error messages say where in
+    the export the reader was.
+    """
+
+    def __init__(self, part: JsonPart) -> None:
+        self._file = part.path.open("rb")
+        self._file.seek(part.start)
+        self._offset = part.start
+        self._left = None if part.end is None else part.end - part.start
+        self._before, self._after = part.before, part.after
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""  # ijson asks for nothing first, to see that it gets bytes
+        if self._before:
+            data, self._before = self._before, b""
+            return data
+        if self._left != 0:
+            wanted = size if size >= 0 else -1
+            if self._left is not None:
+                wanted = self._left if wanted < 0 else min(wanted, self._left)
+            data = self._file.read(wanted)
+            if data:
+                self._offset += len(data)
+                if self._left is not None:
+                    self._left -= len(data)
+                return data
+        data, self._after = self._after, b""
+        return data
+
+    def tell(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_json_part(part: JsonPart, first_position: int) -> Iterator[SourceRecord]:
+    """Yield the records of one half, numbered from ``first_position``.
+
+    Raises SourceError where the half does not parse, as :func:`read_file` does
+    for a whole file. For the first half that is also what a wrong split looks
+    like: its reader fails at the latest on its last bytes.
+    """
+    f = _SplicedFile(part)
+    try:
+        yield from enumerate(ijson.items(f, part.prefix), first_position)
+    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        raise _json_error(part.path, f, exc) from exc
+    finally:
+        f.close()
 
 
 # --- CSV -------------------------------------------------------------------------------
