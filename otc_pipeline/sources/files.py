@@ -232,9 +232,7 @@ def _iter_json(path: Path, start: int, prefix: str) -> Iterator[SourceRecord]:
 
 # --- JSON in two halves ----------------------------------------------------------------
 
-# A comma between two records: '}' and '{' around it, whitespace allowed.
-_RECORD_BOUNDARY = re.compile(rb"\}[ \t\r\n]*(,)[ \t\r\n]*\{")
-_BOUNDARY_WINDOW = 1 << 20  # bytes searched for one, from the middle of the file
+_BOUNDARY_WINDOW = 1 << 20  # bytes searched for a boundary, from the middle of the file
 
 
 @dataclass(frozen=True)
@@ -259,10 +257,13 @@ class JsonPart:
 def split_json(path: Path, min_bytes: int) -> tuple[JsonPart, JsonPart] | None:
     """Two halves of a JSON export of at least ``min_bytes``, or None (read it whole).
 
-    The split is at the first comma between a '}' and a '{' past the middle of
-    the file: between two records, unless the text of some field holds '}, {'
-    right there. Then the first half does not parse to its end (its closing
-    brackets land inside that text), so a wrong guess is always found out.
+    The split is at the first comma past the middle of the file that stands
+    between a '}' and a '{' opening with the first record's first field, e.g.
+    ``}, {"TS-User Username":``. No text can hold that (its quote would end the
+    text), so the comma is one between two objects in an array: two records,
+    unless records nest arrays of such objects. Then the first half does not
+    parse to its end (its closing brackets close the wrong things), so a wrong
+    guess is always found out.
     """
     path = Path(path)
     if path.suffix.lower() != ".json" or not path.is_file():
@@ -272,11 +273,20 @@ def split_json(path: Path, min_bytes: int) -> tuple[JsonPart, JsonPart] | None:
     if start is None or size - start < min_bytes:
         return None
     prefix = _json_items_prefix(path, start)
+    first_field = _first_field(path, start, prefix)
+    if first_field is None:
+        return None
+    # The field name as exports write it; spelled otherwise, nothing matches: no split.
+    boundary_pattern = re.compile(
+        rb"\}[ \t\r\n]*(,)[ \t\r\n]*\{[ \t\r\n]*"
+        + re.escape(json.dumps(first_field, ensure_ascii=False).encode())
+        + rb"[ \t\r\n]*:"
+    )
     keys = prefix.split(".")[:-1]  # "message.data.item": the record array is at message.data
     with path.open("rb") as f:
         middle = start + (size - start) // 2
         f.seek(middle)
-        boundary = _RECORD_BOUNDARY.search(f.read(_BOUNDARY_WINDOW))
+        boundary = boundary_pattern.search(f.read(_BOUNDARY_WINDOW))
     if boundary is None:
         return None
     comma = middle + boundary.start(1)
@@ -287,6 +297,24 @@ def split_json(path: Path, min_bytes: int) -> tuple[JsonPart, JsonPart] | None:
         JsonPart(path, start, comma, b"", closing, prefix),
         JsonPart(path, comma + 1, None, opening, b"", prefix),
     )
+
+
+def _first_field(path: Path, start: int, prefix: str) -> str | None:
+    """The first field name of the first record, or None when it is not an object."""
+    record = prefix[: -len(".item")] if prefix != "item" else ""
+    with path.open("rb") as f:
+        f.seek(start)
+        try:
+            for event_prefix, event, value in ijson.parse(f):
+                if event_prefix == prefix and event == "map_key":
+                    return str(value)
+                if event_prefix == prefix and event != "start_map":
+                    return None  # the first item is no object, or an empty one
+                if event_prefix == record and event == "end_array":
+                    return None  # no items
+        except ijson.JSONError:
+            return None  # the reader says what is wrong
+    return None
 
 
 class _SplicedFile:
