@@ -266,6 +266,12 @@ class ViewLoader:
       for the end of the source: then staged rows whose key a later chunk repeats
       are dropped (counted as duplicates) and the rest merged, so no row is
       written that a later row would replace.
+
+    Chunks may come in any order, since rows are placed by source position. A
+    source read in two halves (a reload of a large JSON export, see pipeline)
+    numbers its second half from SECOND_HALF; its last chunk gives the first
+    half's count of records, and from then on rejects are stored under their
+    real positions (the second half's parse rejects wait for it).
     """
 
     def __init__(self, conn: Connection, view: View, run_id: int | None) -> None:
@@ -492,7 +498,7 @@ class ViewLoader:
             return
         self._write_rejects(rejects)
 
-    def source_position(self, position: int) -> int:
+    def _source_position(self, position: int) -> int:
         """Where a staged or parsed row stands in its source."""
         if position < SECOND_HALF:
             return position
@@ -508,7 +514,7 @@ class ViewLoader:
                 {
                     "run_id": self.run_id,
                     "view_name": self.view.name,
-                    "source_position": self.source_position(r.position),
+                    "source_position": self._source_position(r.position),
                     "field": r.field,
                     "value": r.value,
                     "reason": r.reason,

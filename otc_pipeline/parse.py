@@ -553,9 +553,7 @@ def _compile(
         else:
             namespace[f"cache{i}"] = cache
             remember = (
-                _remembering_timestamp_text
-                if isinstance(coerce, DateTimeAsText)
-                else _remembering
+                _remembering_timestamp_text if isinstance(coerce, DateTimeAsText) else _remembering
             )
             namespace[f"parse{i}"] = remember(coerce, cache)
             namespace[f"coerce{i}"] = coerce

@@ -158,7 +158,7 @@ def parsed_chunks(
 ) -> Iterator[ParsedChunk]:
     """Read and parse a source chunk by chunk: the source and parse stages of a load.
 
-    ``first_position`` numbers the records (a second half's start at SECOND_HALF).
+    Records are numbered from ``first_position`` (a second half's from SECOND_HALF + 1).
     """
     # For COPY the parser hands out text: formatted once per distinct value, not per row.
     parser = Parser(view, timezone, as_text=for_copy)
