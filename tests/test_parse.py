@@ -214,6 +214,51 @@ def test_compiled_plans_and_copy_text_agree_with_the_field_by_field_rules(
         assert seen["rows"] > 250 and seen["rejects"] > 0, (view.name, seen)
 
 
+@pytest.mark.parametrize("tz", ["UTC", "Australia/Sydney"])
+def test_timestamps_as_copy_text_take_the_same_rules_on_every_path(tz: str) -> None:
+    """The shapes parsed on the quick path give DateTimeAsText's text, or its reason."""
+    from otc_pipeline.parse import CoercionError, DateTimeAsText, _remembering_timestamp_text
+
+    coerce = DateTimeAsText(load_timezone(tz))
+    quick = _remembering_timestamp_text(coerce, {})
+    values = [
+        "2025-10-17 11:27:00",
+        "2025-10-17T11:27:00",
+        "2025-10-17T11:27:00Z",
+        "2025-10-17T11:27:00+10:00",
+        "2026-01-05",
+        "13/01/2025",
+        "20/12/2025 00:00",
+        "20/12/2025 23:59:59",
+        "5/1/2026 7:05:09",
+        "05/01/2026 10:30:00.5",
+        "20/12/2025T00:00",
+        " 2025-01-01 00:00:00",
+        # Not dates, or not these shapes: each must get coerce's answer.
+        "20/12/2025 00:00+10",
+        "2025-12-20 00:00+10",
+        "2025-02-30 00:00:00",
+        "2026-01-05 24:00:00",
+        "2025-W42-5 11:27:00",
+        "31/02/2026",
+        "32/01/2026",
+        "01/13/2026",
+        "29/02/2025",
+        "٢٠/١٢/٢٠٢٥",
+        "x",
+    ]
+    for value in values:
+        try:
+            expected: object = coerce(value)
+        except CoercionError as exc:
+            expected = ("rejected", str(exc))
+        try:
+            got: object = quick(value)
+        except CoercionError as exc:
+            got = ("rejected", str(exc))
+        assert got == expected, value
+
+
 def test_copy_text_of_each_type() -> None:
     assert as_copy_text(None) == "\\N"
     # COPY's own characters are escaped, so a text backslash-N is never NULL.
