@@ -64,6 +64,9 @@ _SEEN_BITS = 1 << 26
 # Positions of a split source's second half start here (see pipeline), above any
 # real position, until the first half's count of records says what they are.
 SECOND_HALF = 1 << 40
+# Planner settings for comparing staged rows with the table (see ViewLoader._planned).
+_INDEX_PROBES = {"enable_hashjoin": "off", "enable_mergejoin": "off", "enable_seqscan": "off"}
+_ONE_HASH_JOIN = {"enable_nestloop": "off", "enable_mergejoin": "off", "work_mem": "'64MB'"}
 
 
 @dataclass
@@ -290,6 +293,7 @@ class ViewLoader:
         # half's, known once the first half's count arrives; their rejects wait for it.
         self._first_half_records: int | None = None
         self._held_rejects: list[Reject] = []
+        self._compare_at_end = False
         self.merges_as_it_reads = self._lock_target_and_check_empty()
         self._stage = self._create_stage()
         self._same = None if self.merges_as_it_reads else self._create_same()
@@ -373,25 +377,38 @@ class ViewLoader:
                 self._merge_range(set_columns[set_id], set_id, staged.first, staged.last)
             self._empty_stage()
             return
-        with self._index_probes():
-            for set_id in sorted(staged.column_sets):
-                self._note_unchanged(set_columns[set_id], set_id, staged.first, staged.last)
+        if not self._compare_at_end:
+            with self._planned(_INDEX_PROBES):
+                for set_id in sorted(staged.column_sets):
+                    self._note_unchanged(set_columns[set_id], set_id, staged.first, staged.last)
         self._chunks.append(staged)
 
-    @contextmanager
-    def _index_probes(self) -> Iterator[None]:
-        """Join a chunk to large tables by index probes, one per staged row.
+    def compare_at_end(self) -> None:
+        """Compare the staged rows with the table once the source ends, not chunk by chunk.
 
-        Left to itself PostgreSQL's planner hashes or scans the whole table for
-        every chunk: the cost then grows with the table, not the chunk (measured:
-        the compare 1.6x slower at 100k rows).
+        For a source read faster than the database compares (a JSON export read in
+        two halves): chunk by chunk the compare probes the table's index once per
+        row while the readers wait; at the end one hash join of the whole stage
+        with the table does the same work in about two thirds of the time
+        (measured on 100k timesheets: 0.28 s against 0.19 s). SQLite has no hash
+        join and probes either way, so there the compare stays with each chunk.
+        """
+        self._compare_at_end = self.dialect == "postgresql"
+
+    @contextmanager
+    def _planned(self, settings: dict[str, str]) -> Iterator[None]:
+        """Run the statements inside with these planner settings (PostgreSQL only).
+
+        Left to itself the planner picks the other way in both cases: it hashes or
+        scans the whole table for every chunk (the cost then grows with the table,
+        not the chunk: measured 1.6x slower at 100k rows), and for the whole stage,
+        whose rows it has no statistics of, it probes the index once per row.
         """
         if self.dialect != "postgresql":
             yield
             return
-        settings = ("enable_hashjoin", "enable_mergejoin", "enable_seqscan")
-        for setting in settings:
-            self.conn.exec_driver_sql(f"SET LOCAL {setting} = off")
+        for setting, value in settings.items():
+            self.conn.exec_driver_sql(f"SET LOCAL {setting} = {value}")
         try:
             yield
         finally:
@@ -468,16 +485,20 @@ class ViewLoader:
         ):
             self.latest_source_time = newest
 
-    def _note_unchanged(self, columns: tuple[str, ...], set_id: int, first: int, last: int) -> None:
-        """Note the staged rows of one chunk that the table already holds exactly."""
+    def _note_unchanged(
+        self, columns: tuple[str, ...], set_id: int, first: int = 0, last: int | None = None
+    ) -> None:
+        """Note the staged rows of one column set in [first, last] (default: all of them)
+        that the table already holds exactly."""
         assert self._same is not None
         target, stage = self.view.table, self._stage
+        in_range = [] if last is None else [stage.c[POSITION].between(first, last)]
         rows = (
             select(stage.c[POSITION])
             .join(target, _key_match(target, stage, self.view))
             .where(
                 stage.c[COLUMN_SET] == set_id,
-                stage.c[POSITION].between(first, last),
+                *in_range,
                 *[
                     target.c[c].is_not_distinct_from(stage.c[c])
                     for c in columns
@@ -529,6 +550,10 @@ class ViewLoader:
     def finish(self) -> LoadCounts:
         """Merge what waited for the end of the source (with rows in the table already)."""
         assert not self._held_rejects  # a split source's last chunk places its second half
+        if self._chunks and self._compare_at_end:
+            with self._planned(_ONE_HASH_JOIN):
+                for columns, set_id in self._column_sets.items():
+                    self._note_unchanged(columns, set_id)
         if self._chunks:
             self.counts.duplicates += self._drop_repeats()
             self.counts.unchanged += self._noted_unchanged

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from test_load import (
     _install_refusing_trigger,
     assert_invariant,
@@ -151,7 +151,9 @@ def _reload_scenario(tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[st
     The second, in source order: the first's 400 records (every ninth changed; record
     50 with a date that does not exist), with a twin of record 20 just before it; 40
     new records (420 with hours that are no number); then records 3, 5, 150 and 301
-    again, changed. Halfway is near record 222: repeats within and across the halves.
+    again, changed; then records 60 (the same), 70 (other hours) and the new 500
+    without a description. Halfway is near record 222: repeats within and across
+    the halves.
     """
     first = [timesheet(i) for i in range(400)]
     second = []
@@ -167,6 +169,9 @@ def _reload_scenario(tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[st
     second += [timesheet(i) for i in range(400, 440)]
     second[421] = timesheet(420, **{"TS-Hours": "lots"})
     second += [timesheet(i, **{"TS-Description": f"repeated {i}"}) for i in (3, 5, 150, 301)]
+    # Narrower records (no description): another column set, compared on its own columns.
+    narrow = [timesheet(60), timesheet(70, **{"TS-Hours": "2"}), timesheet(500)]
+    second += [{k: v for k, v in r.items() if k != "TS-Description"} for r in narrow]
     return first, second
 
 
@@ -199,7 +204,7 @@ def test_a_reload_in_halves_matches_one_reader(
         conn.execute(Timesheet.__table__.delete())
     whole, whole_rows, whole_rejects = _load_twice(engine, tmp_path, first, second)
 
-    assert counts(in_halves) == counts(whole) == (39, 49, 350, 5, 2)
+    assert counts(in_halves) == counts(whole) == (40, 50, 349, 7, 2)
     assert_invariant(in_halves)
     assert rows == whole_rows
     assert rejects == whole_rejects
@@ -210,6 +215,7 @@ def test_a_reload_in_halves_matches_one_reader(
     descriptions = {row[10] for row in rows}  # TS-Description
     assert {"repeated 3", "repeated 5", "repeated 150", "repeated 301", "changed 9"} <= descriptions
     assert "early twin" not in descriptions and "work 20" in descriptions
+    assert {"work 60", "work 70", None} <= descriptions  # narrower records left them alone
 
 
 def test_a_refused_row_of_the_second_half_is_stored_at_its_position(
@@ -240,9 +246,9 @@ def test_a_wrong_split_is_read_again_whole(
     attempts: list[bool] = []
     chunks = pipeline._chunks
 
-    def spy(*args: Any, split: bool, **kwargs: Any) -> Any:
-        attempts.append(split)
-        return chunks(*args, split=split, **kwargs)
+    def spy(*args: Any, halves: Any, **kwargs: Any) -> Any:
+        attempts.append(halves is not None)
+        return chunks(*args, halves=halves, **kwargs)
 
     monkeypatch.setattr(pipeline, "_chunks", spy)
     summary = pipeline.load_view(engine, "timesheets", path)
@@ -290,3 +296,27 @@ def test_a_first_load_reads_from_one_reader(
     summary = pipeline.load_view(engine, "timesheets", path, chunk_size=16)
     assert counts(summary) == (200, 0, 0, 0, 0)
     assert halves == []
+
+
+def test_an_identical_reload_in_halves_touches_no_row(
+    engine: Engine, dialect: str, tmp_path: Path, halves: list[Any]
+) -> None:
+    """Not rewritten, not even locked (an upsert that skips a row still locks it)."""
+    records = [ticket(i) for i in range(1, 151)]
+    records += [
+        {k: v for k, v in ticket(i).items() if k != "TKT-Description"} for i in range(151, 201)
+    ]
+    path = write_export(tmp_path / "t.json", records)
+    pipeline.load_view(engine, "tickets", path)
+    if dialect == "postgresql":
+        # A rewritten row gets a new xmin; a locked one an xmax.
+        query = text('SELECT "TKT-Ticket ID", xmin::text, xmax::text FROM servicedesk.tickets')
+    else:
+        query = text('SELECT "TKT-Ticket ID", rowid FROM tickets')
+    with engine.connect() as conn:
+        before = sorted(conn.execute(query).all())
+    summary = pipeline.load_view(engine, "tickets", path, chunk_size=32)
+    assert halves[-1] is not None
+    assert counts(summary) == (0, 0, 200, 0, 0)
+    with engine.connect() as conn:
+        assert sorted(conn.execute(query).all()) == before
