@@ -287,7 +287,7 @@ class ViewLoader:
         self._column_sets: dict[tuple[str, ...], int] = {}
         self._chunks: list[_StagedChunk] = []
         self._staged_rows = 0  # rows in the stage now
-        self._noted_unchanged = 0  # of them, rows the table already holds exactly
+        self._noted_changed = 0  # of them, rows the table does not hold exactly
         self._maybe_repeats: set[int] = set()  # key hashes the reader saw more than once
         # A source read in two halves: positions from SECOND_HALF on are the second
         # half's, known once the first half's count arrives; their rejects wait for it.
@@ -296,7 +296,7 @@ class ViewLoader:
         self._compare_at_end = False
         self.merges_as_it_reads = self._lock_target_and_check_empty()
         self._stage = self._create_stage()
-        self._same = None if self.merges_as_it_reads else self._create_same()
+        self._changed = None if self.merges_as_it_reads else self._create_changed()
 
     # --- stage ---------------------------------------------------------------------
 
@@ -343,10 +343,14 @@ class ViewLoader:
             Index(f"otc_stage_{self.view.name}_position", stage.c[POSITION]).create(self.conn)
         return stage
 
-    def _create_same(self) -> Table:
-        """Positions of staged rows the table already holds exactly."""
+    def _create_changed(self) -> Table:
+        """Positions of staged rows the table does not hold exactly: new or changed.
+
+        In a reload most rows are unchanged, so the few others are what is kept
+        (measured: keeping the unchanged instead took a quarter of a 100k-row compare).
+        """
         return self._temporary_table(
-            f"otc_same_{self.view.name}", Column(POSITION, BigInteger, primary_key=True)
+            f"otc_changed_{self.view.name}", Column(POSITION, BigInteger, primary_key=True)
         )
 
     def stage(self, chunk: ParsedChunk) -> None:
@@ -380,7 +384,7 @@ class ViewLoader:
         if not self._compare_at_end:
             with self._planned(_INDEX_PROBES):
                 for set_id in sorted(staged.column_sets):
-                    self._note_unchanged(set_columns[set_id], set_id, staged.first, staged.last)
+                    self._note_changed(set_columns[set_id], set_id, staged.first, staged.last)
         self._chunks.append(staged)
 
     def compare_at_end(self) -> None:
@@ -485,29 +489,32 @@ class ViewLoader:
         ):
             self.latest_source_time = newest
 
-    def _note_unchanged(
+    def _note_changed(
         self, columns: tuple[str, ...], set_id: int, first: int = 0, last: int | None = None
     ) -> None:
         """Note the staged rows of one column set in [first, last] (default: all of them)
-        that the table already holds exactly."""
-        assert self._same is not None
+        that the table does not already hold exactly."""
+        assert self._changed is not None
         target, stage = self.view.table, self._stage
         in_range = [] if last is None else [stage.c[POSITION].between(first, last)]
-        rows = (
-            select(stage.c[POSITION])
-            .join(target, _key_match(target, stage, self.view))
+        held_exactly = (
+            select(literal_column("1"))
+            .select_from(target)
             .where(
-                stage.c[COLUMN_SET] == set_id,
-                *in_range,
+                _key_match(target, stage, self.view),
                 *[
                     target.c[c].is_not_distinct_from(stage.c[c])
                     for c in columns
                     if c not in self.view.key
                 ],
             )
+            .exists()
         )
-        noted = self.conn.execute(insert(self._same).from_select([POSITION], rows)).rowcount
-        self._noted_unchanged += int(noted or 0)
+        rows = select(stage.c[POSITION]).where(
+            stage.c[COLUMN_SET] == set_id, *in_range, ~held_exactly
+        )
+        noted = self.conn.execute(insert(self._changed).from_select([POSITION], rows)).rowcount
+        self._noted_changed += int(noted or 0)
 
     def _store_rejects(self, rejects: Sequence[Reject]) -> None:
         """Count rejects and keep them in etl_rejects (a second half's once it is placed)."""
@@ -553,11 +560,11 @@ class ViewLoader:
         if self._chunks and self._compare_at_end:
             with self._planned(_ONE_HASH_JOIN):
                 for columns, set_id in self._column_sets.items():
-                    self._note_unchanged(columns, set_id)
+                    self._note_changed(columns, set_id)
         if self._chunks:
             self.counts.duplicates += self._drop_repeats()
-            self.counts.unchanged += self._noted_unchanged
-            if self._noted_unchanged < self._staged_rows:
+            self.counts.unchanged += self._staged_rows - self._noted_changed
+            if self._noted_changed:
                 if self.dialect == "postgresql":
                     # Give the planner real numbers for the merges' joins.
                     self.conn.exec_driver_sql(f"ANALYZE {self._stage.name}")
@@ -568,8 +575,8 @@ class ViewLoader:
         # Inside a caller's transaction (the otc_load fixture) nothing commits, so a
         # second load of the view in that transaction needs the names free again.
         self._stage.drop(self.conn)
-        if self._same is not None:
-            self._same.drop(self.conn)
+        if self._changed is not None:
+            self._changed.drop(self.conn)
         return self.counts
 
     def _drop_repeats(self) -> int:
@@ -608,22 +615,24 @@ class ViewLoader:
         )
         maybe.drop(self.conn)
         self._staged_rows -= len(gone)
-        same = self._same
-        assert same is not None
+        changed = self._changed
+        assert changed is not None
         for start in range(0, len(gone), 5000):  # within SQLite's limit of bound values
-            # A replaced row noted as unchanged is a duplicate now, not unchanged.
+            # A replaced row is a duplicate now, whether it changed or not.
             some = gone[start : start + 5000]
-            removed = self.conn.execute(delete(same).where(same.c[POSITION].in_(some))).rowcount
-            self._noted_unchanged -= int(removed or 0)
+            removed = self.conn.execute(
+                delete(changed).where(changed.c[POSITION].in_(some))
+            ).rowcount
+            self._noted_changed -= int(removed or 0)
         return len(gone)
 
-    def _is_unchanged(self) -> Any:
-        assert self._same is not None
-        same = self._same
+    def _is_changed(self) -> Any:
+        assert self._changed is not None
+        changed = self._changed
         return (
             select(literal_column("1"))
-            .select_from(same)
-            .where(same.c[POSITION] == self._stage.c[POSITION])
+            .select_from(changed)
+            .where(changed.c[POSITION] == self._stage.c[POSITION])
             .exists()
         )
 
@@ -653,7 +662,7 @@ class ViewLoader:
         """Staged rows of one column set in [first, last] that the merge must write."""
         stage = self._stage
         rows = (stage.c[COLUMN_SET] == set_id) & stage.c[POSITION].between(first, last)
-        return rows if self._same is None else rows & ~self._is_unchanged()
+        return rows if self._changed is None else rows & self._is_changed()
 
     def _merge(self, columns: tuple[str, ...], set_id: int, first: int, last: int) -> None:
         """One upsert of the staged rows of one column set in [first, last], counted."""
