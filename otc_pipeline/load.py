@@ -13,10 +13,11 @@ How a load moves rows (one transaction, owned by the caller):
    halves inside savepoints until the refused rows are isolated as rejects.
 
 Into an empty table each chunk is merged as soon as it is staged. Into a table
-with rows, staged rows the table already holds exactly are noted chunk by chunk
-(and never touched: an upsert's WHERE still locks, so writes, the row it skips),
-and the merge waits for the end of the source, so that repeats across chunks
-are settled first (the last occurrence wins; the others count as duplicates).
+with rows, staged rows the table does not already hold exactly are noted, chunk
+by chunk or once at the end (rows it does hold are never touched: an upsert's
+WHERE still locks, so writes, the row it skips), and the merge waits for the end
+of the source, so that repeats across chunks are settled first (the last
+occurrence wins; the others count as duplicates).
 """
 
 from __future__ import annotations
@@ -264,10 +265,11 @@ class ViewLoader:
       before, so a row that meets its key already in the table met a row of an
       earlier chunk: it replaces it (the last occurrence wins) and counts as a
       duplicate.
-    - **Otherwise**: as each chunk is staged, the positions of its rows the
-      table already holds exactly are noted (counted as unchanged). Writing waits
-      for the end of the source: then staged rows whose key a later chunk repeats
-      are dropped (counted as duplicates) and the rest merged, so no row is
+    - **Otherwise**: as each chunk is staged (or once at the end, see
+      compare_at_end), the positions of its rows the table does not already
+      hold exactly are noted; the rest count as unchanged. Writing waits for the
+      end of the source: then staged rows whose key a later chunk repeats are
+      dropped (counted as duplicates) and the noted rows merged, so no row is
       written that a later row would replace.
 
     Chunks may come in any order, since rows are placed by source position. A
@@ -393,9 +395,10 @@ class ViewLoader:
         For a source read faster than the database compares (a JSON export read in
         two halves): chunk by chunk the compare probes the table's index once per
         row while the readers wait; at the end one hash join of the whole stage
-        with the table does the same work in about two thirds of the time
-        (measured on 100k timesheets: 0.28 s against 0.19 s). SQLite has no hash
-        join and probes either way, so there the compare stays with each chunk.
+        with the table does the same work in less than half the time (measured on
+        100k timesheets: 0.26 s against 0.11 s). With one reader the database
+        compares each chunk while the next is read, for nothing. SQLite has no
+        hash join and probes either way, so there the compare stays with each chunk.
         """
         self._compare_at_end = self.dialect == "postgresql"
 
