@@ -419,10 +419,11 @@ def _run(
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
         try:
             loader = ViewLoader(conn, view, run_id)
-            # A first load merges chunks in source order, so it reads from one reader.
+            # Only a reload reads a file in halves: a first load merges chunks in order.
             halves = None
             if may_split and not loader.merges_as_it_reads and isinstance(source, str | Path):
-                halves = None if source == "api" else split_json(Path(source), SPLIT_MIN_BYTES)
+                if source != "api":
+                    halves = split_json(Path(source), SPLIT_MIN_BYTES)
             if halves is not None:
                 loader.compare_at_end()
             chunks = _chunks(
