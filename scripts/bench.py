@@ -32,6 +32,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -661,6 +662,7 @@ def main() -> None:
             results.update(api_bench(args, server, env))
     finally:
         server.drop_all()
+        shutil.rmtree(work, ignore_errors=True)  # the sample exports: 64 MB at 100k rows
     print(json.dumps(results))
 
 
@@ -682,11 +684,11 @@ def api_bench(args: argparse.Namespace, server: Server, env: dict[str, str]) -> 
         stdout=subprocess.PIPE,
         text=True,
     )
+    state = tempfile.mkdtemp(prefix="otc-bench-state-")
     try:
         assert serving.stdout is not None
         base_url = serving.stdout.readline().strip()
         url = url_for(args.server, _fresh(server, args.server))
-        state = tempfile.mkdtemp(prefix="otc-bench-state-")
         child_env = dict(
             env,
             OTC_API_BASE_URL=base_url,
@@ -704,6 +706,7 @@ def api_bench(args: argparse.Namespace, server: Server, env: dict[str, str]) -> 
     finally:
         serving.terminate()
         serving.wait(10)
+        shutil.rmtree(state, ignore_errors=True)
     print(
         f"api stream   : ~{args.api_mb} MB body, {summary['fetched']:,} records: "
         f"{summary['fetched'] / run.seconds:,.0f} rows/s, peak RSS {run.peak_rss_mb:.0f} MB "
