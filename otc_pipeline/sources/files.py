@@ -212,22 +212,11 @@ def _read_json(path: Path) -> Iterator[SourceRecord]:
     if start is None:
         return _no_records()
     prefix = _json_items_prefix(path, start)
-    return _iter_json(path, start, prefix)
+    return read_json_part(JsonPart(path, start, None, b"", b"", prefix), 1)
 
 
 def _no_records() -> Iterator[SourceRecord]:
     return iter(())
-
-
-def _iter_json(path: Path, start: int, prefix: str) -> Iterator[SourceRecord]:
-    # ijson.items builds each record in C; numbers that are not integers arrive
-    # as Decimal, which keeps hours such as 0.1 exact.
-    with path.open("rb") as f:
-        f.seek(start)
-        try:
-            yield from enumerate(ijson.items(f, prefix), 1)
-        except (ijson.JSONError, UnicodeDecodeError) as exc:
-            raise _json_error(path, f, exc) from exc
 
 
 # --- JSON in two halves ----------------------------------------------------------------
@@ -237,7 +226,7 @@ _BOUNDARY_WINDOW = 1 << 20  # bytes searched for a boundary, from the middle of 
 
 @dataclass(frozen=True)
 class JsonPart:
-    """One half of a JSON export's record array, readable on its own.
+    """A JSON export's records to read: the whole file, or one half readable on its own.
 
     The first half is the file up to a comma between two records, then the
     closing brackets of the envelope; the second is the envelope's opening, then
@@ -358,14 +347,16 @@ class _SplicedFile:
 
 
 def read_json_part(part: JsonPart, first_position: int) -> Iterator[SourceRecord]:
-    """Yield the records of one half, numbered from ``first_position``.
+    """Yield the records of a JsonPart, numbered from ``first_position``.
 
-    Raises SourceError where the half does not parse, as :func:`read_file` does
-    for a whole file. For the first half that is also what a wrong split looks
-    like: its reader fails at the latest on its last bytes.
+    Raises SourceError naming the file where the JSON does not parse. For the
+    first half of a split that is also what a wrong split looks like: its reader
+    fails at the latest on its last bytes.
     """
     f = _SplicedFile(part)
     try:
+        # ijson.items builds each record in C; numbers that are not integers arrive
+        # as Decimal, which keeps hours such as 0.1 exact.
         yield from enumerate(ijson.items(f, part.prefix), first_position)
     except (ijson.JSONError, UnicodeDecodeError) as exc:
         raise _json_error(part.path, f, exc) from exc
