@@ -204,7 +204,14 @@ def load(
         ),
     ] = False,
 ) -> None:
-    """Load a view (or all) into the database: exit 0 loaded, 3 loaded with rejects, 1 failed."""
+    """Load a view (or all) into the database: exit 0 loaded, 3 loaded with rejects, 1 failed.
+
+    Exit codes: 0 every view loaded; 3 loaded, but some rows were rejected; 1 a view
+    failed (nothing of it was committed); 2 usage or configuration error; 75 refused
+    for now, a later run clears it (another load holds the view, the API breaker is
+    open, the hourly request cap is reached); 128+N stopped by signal N (130 Ctrl-C,
+    143 SIGTERM). With all, the worst code wins: 1, then 75, then 3.
+    """
     from . import commands
 
     show_progress = not as_json and sys.stderr.isatty()
@@ -229,9 +236,9 @@ def load(
                 typer.echo(f"  warning: {warning}")
             if summary.rejected and summary.run_id is not None:
                 typer.echo(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
-    # Worst code wins: failed (1) over rejects (3) over success (0).
-    codes = {s.exit_code for s in summaries}
-    raise typer.Exit(1 if 1 in codes else 3 if 3 in codes else 0)
+    from .pipeline import worst_exit_code
+
+    raise typer.Exit(worst_exit_code(summaries))
 
 
 def _fmt(value: Any) -> str:
@@ -246,11 +253,58 @@ def _fmt(value: Any) -> str:
 
 @app.command("status")
 @handle_errors
-def status(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
+def status(
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 1 when a view is past its error threshold or its last run failed; "
+            "print one line per view that is not fresh.",
+        ),
+    ] = False,
+    warn_after: Annotated[
+        str | None,
+        typer.Option(
+            "--warn-after",
+            help="Warn when the last successful load is older (26h, 90m, 2d; default "
+            "OTC_<VIEW>_STALE_WARN_HOURS, OTC_STALE_WARN_HOURS or 26 h).",
+            show_default=False,
+        ),
+    ] = None,
+    error_after: Annotated[
+        str | None,
+        typer.Option(
+            "--error-after",
+            help="Fail the check when the last successful load is older (default "
+            "OTC_<VIEW>_STALE_ERROR_HOURS, OTC_STALE_ERROR_HOURS or 50 h).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Per view: last run, last successful load and its age, rows, orphans, freshness."""
     from . import commands
+    from .settings import parse_hours
 
-    views = commands.status(database_url)
+    warn_hours = parse_hours(warn_after, "--warn-after") if warn_after else None
+    error_hours = parse_hours(error_after, "--error-after") if error_after else None
+    if check:
+        judged = commands.status_check(
+            database_url, warn_after=warn_hours, error_after=error_hours
+        )
+        if as_json:
+            print_json([v.as_dict() for v in judged])
+        else:
+            for v in judged:
+                if v.state != "fresh":
+                    typer.echo(v.line())
+            if all(v.state == "fresh" for v in judged):
+                typer.echo(f"all {len(judged)} views are fresh")
+        from .freshness import exit_code
+
+        raise typer.Exit(exit_code(judged))
+    views = commands.status(database_url, warn_after=warn_hours, error_after=error_hours)
     if as_json:
         print_json(views)
         return
@@ -380,6 +434,16 @@ def api_check(
     from .sources import api
 
     for line in api.api_check(api.ApiSettings.from_env(), ping=ping):
+        typer.echo(line)
+
+
+@api_app.command("reset")
+@handle_errors
+def api_reset() -> None:
+    """Close the circuit breaker now (after fixing the cause), printing what it cleared."""
+    from .sources import api
+
+    for line in api.api_reset(api.ApiSettings.from_env()):
         typer.echo(line)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from . import migrate, pipeline, runs
+from . import freshness, migrate, pipeline, runs
 from .db import connect_engine
 from .errors import ConfigError, SchemaNotReady, SourceError
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
@@ -182,15 +182,37 @@ def rejects(database_url: str | None, run_id: int | None, limit: int) -> list[di
             ]
 
 
-STALE_AFTER = timedelta(hours=26)  # a daily cron run plus two hours of slack
+def status_check(
+    database_url: str | None,
+    *,
+    warn_after: float | None = None,
+    error_after: float | None = None,
+) -> list[freshness.ViewFreshness]:
+    """Every view's freshness against its thresholds (for `otc status --check`)."""
+    with _database(database_url, at_head=True) as engine:
+        with Session(engine) as session:
+            return freshness.check(
+                session, runs.utcnow(), warn_after=warn_after, error_after=error_after
+            )
 
 
-def status(database_url: str | None) -> list[dict[str, Any]]:
+def status(
+    database_url: str | None,
+    *,
+    warn_after: float | None = None,
+    error_after: float | None = None,
+) -> list[dict[str, Any]]:
     """Per view: last run, last successful load and its age, rows, orphans, newest source time."""
     now = runs.utcnow()
     result = []
     with _database(database_url, at_head=True) as engine:
         with Session(engine) as session:
+            judged = {
+                v.view: v
+                for v in freshness.check(
+                    session, now, warn_after=warn_after, error_after=error_after
+                )
+            }
             for name in VIEW_ORDER:
                 view = VIEWS[name]
                 last = session.scalars(
@@ -224,7 +246,10 @@ def status(database_url: str | None) -> list[dict[str, Any]]:
                         "last_error": last.error_message if last else None,
                         "last_success": last_success,
                         "age_hours": round(age.total_seconds() / 3600, 1) if age else None,
-                        "stale": age is None or age > STALE_AFTER,
+                        "stale": age is None
+                        or age > timedelta(hours=judged[name].warn_after_hours),
+                        "freshness": judged[name].state,
+                        "freshness_reason": judged[name].reason,
                         "latest_source_time": newest,
                     }
                 )

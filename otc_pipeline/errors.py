@@ -31,6 +31,12 @@ class SourceError(OtcError):
     """A source (file or API response) cannot be read as an OTC export."""
 
 
+class TemporaryRefusal(OtcError):
+    """Refused for now; a later run clears it (exit 75, sysexits' EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
 class LoadLocked(OtcError):
     """Another load of the same view is running."""
 
@@ -39,5 +45,11 @@ class ApiError(SourceError):
     """The OTC API failed, refused the credentials, or answered something that is not a view."""
 
 
-class ApiUnavailable(ApiError):
+class ApiRejected(ApiError):
+    """The OTC API refused the request (401, 403, other 4xx): a setting to fix, not an outage."""
+
+
+class ApiUnavailable(ApiError, TemporaryRefusal):
     """The OTC API was not called: its circuit breaker is open or the hourly cap is used up."""
+
+    exit_code = 75

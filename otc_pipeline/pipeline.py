@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from . import migrate, runs, users
 from .db import connection
-from .errors import ConfigError, OtcError, SchemaNotReady, SourceError
+from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
 from .parse import Parser, Reject, load_timezone
 from .settings import timezone_name
@@ -54,12 +54,14 @@ class RunSummary(LoadCounts):
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     latest_source_time: datetime | None = None
+    # The failure was a temporary refusal (breaker open, hourly cap, view held): exit 75.
+    retry_later: bool = False
 
     @property
     def exit_code(self) -> int:
-        """0 committed without rejects, 3 committed with rejects, 1 failed."""
+        """0 committed without rejects, 3 committed with rejects, 1 failed, 75 refused for now."""
         if self.status == "failed":
-            return 1
+            return 75 if self.retry_later else 1
         return 3 if self.rejected else 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -77,6 +79,15 @@ class RunSummary(LoadCounts):
         if self.warnings:
             data["warnings"] = self.warnings
         return data
+
+
+def worst_exit_code(summaries: Iterable[RunSummary]) -> int:
+    """The exit code of a load of several views: 1 over 75 over 3 over 0.
+
+    A real failure outranks a refusal that a later run clears, which outranks rejects.
+    """
+    codes = {summary.exit_code for summary in summaries}
+    return next((code for code in (1, 75, 3) if code in codes), 0)
 
 
 def ensure_schema(engine: Engine | Connection) -> None:
@@ -462,6 +473,7 @@ def _run(
     except (Exception, KeyboardInterrupt) as exc:
         summary.status = "failed"
         summary.error = _error_text(exc, source_text)
+        summary.retry_later = isinstance(exc, TemporaryRefusal)
         if loader is not None:
             _copy_counts(summary, loader)
         # Counts of a failed run describe what was read, not what was written.
@@ -592,6 +604,7 @@ def load_all(
                     status="failed",
                     source=describe_source(view_source),
                     error=str(exc),
+                    retry_later=isinstance(exc, TemporaryRefusal),
                 )
             )
     return summaries

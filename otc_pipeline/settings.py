@@ -100,3 +100,42 @@ def timezone_name(environ: Mapping[str, str] | None = None) -> str:
     """``OTC_TIMEZONE`` (default UTC): values with an offset are converted to it."""
     env = os.environ if environ is None else environ
     return env.get("OTC_TIMEZONE") or "UTC"
+
+
+_DURATION_UNITS = {"m": 1 / 60, "h": 1.0, "d": 24.0, "w": 24.0 * 7}
+
+
+def parse_hours(text: str, name: str, default_unit: str = "h") -> float:
+    """Hours in ``text``: a number with an optional unit, ``30m``, ``26h``, ``90d``, ``2w``.
+
+    A bare number is in ``default_unit``. ``name`` (the option or variable) is named
+    in the ConfigError for anything else.
+    """
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION_UNITS else default_unit
+    number = value[:-1] if value[-1:] in _DURATION_UNITS else value
+    try:
+        hours = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        hours = float("nan")
+    if not 0 < hours < float("inf"):
+        raise ConfigError(
+            f"{name} must be a positive duration such as 26h, 90m, 2d or 12 "
+            f"(a bare number is in {'hours' if default_unit == 'h' else 'days'}), not {text!r}"
+        )
+    return hours
+
+
+def stale_hours(
+    view_name: str, level: str, default: float, environ: Mapping[str, str] | None = None
+) -> float:
+    """``OTC_<VIEW>_STALE_<LEVEL>_HOURS``, else ``OTC_STALE_<LEVEL>_HOURS``, else ``default``.
+
+    ``level`` is ``WARN`` or ``ERROR``: how old a view's last successful load may be.
+    """
+    env = os.environ if environ is None else environ
+    for name in (f"OTC_{view_name.upper()}_STALE_{level}_HOURS", f"OTC_STALE_{level}_HOURS"):
+        text = env.get(name)
+        if text is not None and text.strip():
+            return parse_hours(text, name)
+    return default

@@ -16,7 +16,10 @@ through the same protections, each a setting (``ApiSettings.from_env``):
   fetches rather than HTTP attempts keeps the two settings independent: with
   attempts, 3 failures would cut a fetch's own 3 retries short. After the
   cooldown one fetch is let through; it closes the breaker on success and opens
-  it again on failure.
+  it again on failure. The breaker counts outages, not mistakes: a 4xx answer
+  (401/403 wrong credentials, 404 wrong URL, …) fails the fetch at once and is
+  not counted, and ``otc api check --ping`` neither consults nor changes it.
+  ``otc api reset`` (:func:`reset_breaker`) closes it by hand.
 
 Pacing and breaker state live in ``OTC_STATE_DIR/api-state.json`` (written
 atomically under an ``fcntl`` lock) because cron starts a new process for every
@@ -51,7 +54,7 @@ from tenacity import (
 )
 
 from .. import __version__
-from ..errors import ApiError, ApiUnavailable, ConfigError
+from ..errors import ApiError, ApiRejected, ApiUnavailable, ConfigError
 from ..views import VIEWS
 
 SourceRecord = tuple[int, dict[str, Any]]
@@ -322,7 +325,7 @@ def _check_breaker(settings: ApiSettings, state_file: _StateFile) -> None:
                 f"the OTC API circuit breaker is open after {breaker.get('failures')} "
                 f"consecutive failed fetches (last: {breaker.get('last_error')}); no requests "
                 f"until {_when(open_until)} (in {open_until - now:.0f} s); loads resume by "
-                f"themselves after that, or delete {state_file.path} to try now"
+                "themselves after that, or run `otc api reset` to try now"
             )
 
 
@@ -353,7 +356,22 @@ class BreakerState:
 
 def breaker_state(settings: ApiSettings) -> BreakerState:
     """The breaker and recent requests as the state file records them."""
-    state = _StateFile(settings.state_dir).snapshot()
+    return _describe(_StateFile(settings.state_dir).snapshot())
+
+
+def reset_breaker(settings: ApiSettings) -> BreakerState:
+    """Close the breaker and forget its failed fetches; returns the state it cleared.
+
+    The request times are kept: the hourly cap protects the OTC system whatever
+    the breaker says.
+    """
+    with _StateFile(settings.state_dir).locked() as state:
+        before = _describe(state)
+        state["breaker"].update(failures=0, open_until=None, last_error=None)
+    return before
+
+
+def _describe(state: dict[str, Any]) -> BreakerState:
     now = time.time()
     breaker = state["breaker"]
     open_until = breaker.get("open_until")
@@ -550,7 +568,7 @@ def _check_response(response: httpx.Response, settings: ApiSettings, view_name: 
     status = response.status_code
     label = f"HTTP {status} {response.reason_phrase}".strip()
     if status in (401, 403):
-        raise ApiError(
+        raise ApiRejected(
             f"the OTC API refused the credentials ({label}); check OTC_API_USER and "
             f"OTC_API_PASSWORD (and OTC_API_BASE_URL: {settings.masked_base_url})"
         )
@@ -566,9 +584,15 @@ def _check_response(response: httpx.Response, settings: ApiSettings, view_name: 
             )
         raise _Transient(label, retry_after)
     if status == 404:
-        raise ApiError(
+        raise ApiRejected(
             f"the OTC API has no {view_name} view at {settings.masked_base_url} ({label}); "
             "check OTC_API_BASE_URL"
+        )
+    if 400 <= status < 500:
+        # A request the API will refuse however often it is made: no outage to count.
+        raise ApiRejected(
+            f"the OTC API refused the {view_name} request ({label}); check OTC_API_BASE_URL "
+            f"({settings.masked_base_url}), OTC_API_USER and OTC_API_PASSWORD"
         )
     if not 200 <= status < 300:
         raise ApiError(
@@ -675,23 +699,29 @@ class FetchStats:
 
 
 def fetch_view(
-    view_name: str, settings: ApiSettings, stats: FetchStats | None = None
+    view_name: str,
+    settings: ApiSettings,
+    stats: FetchStats | None = None,
+    *,
+    breaker: bool = True,
 ) -> Generator[SourceRecord, None, None]:
     """Yield ``(position, record)`` for every record of the view, as the body arrives.
 
     Raises ConfigError at once for an unknown view or missing credentials. While
     iterating it raises ApiError (ApiUnavailable when no request was made); a failure
     after the first record is never retried, so the caller must discard what it got.
+    With ``breaker=False`` (``otc api check --ping``) the circuit breaker is neither
+    consulted nor changed; pacing and the hourly cap still apply.
     """
     view = VIEWS.get(view_name)
     if view is None:
         raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEWS)}")
     settings.require_credentials()
-    return _fetch(view_name, view.guid, settings, stats or FetchStats())
+    return _fetch(view_name, view.guid, settings, stats or FetchStats(), breaker)
 
 
 def _fetch(
-    view_name: str, guid: str, settings: ApiSettings, stats: FetchStats
+    view_name: str, guid: str, settings: ApiSettings, stats: FetchStats, breaker: bool
 ) -> Generator[SourceRecord, None, None]:
     state_file = _StateFile(settings.state_dir)
     client = httpx.Client(
@@ -704,7 +734,8 @@ def _fetch(
     body: _Body | None = None
     try:
         try:
-            _check_breaker(settings, state_file)
+            if breaker:
+                _check_breaker(settings, state_file)
             body = _open(client, settings, state_file, view_name, guid)
             stats.status_code = body.response.status_code
             stats.latency_s = body.latency_s
@@ -719,14 +750,17 @@ def _fetch(
                     f"the OTC API {view_name} answer broke off after {position} records: "
                     f"{exc}; nothing of the view is loaded, run the load again"
                 ) from None
-        except ApiUnavailable as exc:
+        except (ApiUnavailable, ApiRejected) as exc:
+            # Not an outage: the API was not called, or it refused a wrong request.
             raise _scrubbed(exc, settings) from None
         except ApiError as exc:
             error = _scrubbed(exc, settings)
-            _record_fetch(settings, state_file, str(error))
+            if breaker:
+                _record_fetch(settings, state_file, str(error))
             raise error from None
         stats.complete = True
-        _record_fetch(settings, state_file, None)
+        if breaker:
+            _record_fetch(settings, state_file, None)
     finally:
         if body is not None:
             body.response.close()
@@ -775,11 +809,36 @@ def api_check(settings: ApiSettings, ping: bool = False) -> list[str]:
     if ping:
         stats = FetchStats()
         started = time.monotonic()
-        for _ in fetch_view(PING_VIEW, settings, stats):
+        # A ping is a question, not a load: it never opens (or closes) the breaker.
+        for _ in fetch_view(PING_VIEW, settings, stats, breaker=False):
             pass
         lines.append(
             f"ping: HTTP {stats.status_code}, first answer after {stats.latency_s or 0:.2f} s, "
             f"{stats.records} {PING_VIEW} records in {time.monotonic() - started:.2f} s "
             "(nothing loaded)"
         )
+    return [_scrub(line, settings) for line in lines]
+
+
+def api_reset(settings: ApiSettings) -> list[str]:
+    """Close the circuit breaker by hand; lines saying what was cleared."""
+    cleared = reset_breaker(settings)
+    if cleared.open_until is not None:
+        first = (
+            f"breaker: closed; it was open until {_when(cleared.open_until)} after "
+            f"{cleared.failures} consecutive failed fetches (last: {cleared.last_error})"
+        )
+    elif cleared.failures:
+        first = (
+            f"breaker: was closed; cleared {cleared.failures} failed "
+            f"{'fetch' if cleared.failures == 1 else 'fetches'} (last: {cleared.last_error})"
+        )
+    else:
+        first = "breaker: was closed with no failed fetches; nothing to clear"
+    lines = [
+        first,
+        f"requests in the last hour: {cleared.requests_last_hour} of {settings.max_per_hour} "
+        "(kept: the hourly cap still applies)",
+        f"state: {settings.state_dir / STATE_FILE_NAME}",
+    ]
     return [_scrub(line, settings) for line in lines]
