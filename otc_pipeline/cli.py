@@ -294,12 +294,12 @@ def status(
             database_url, warn_after=warn_hours, error_after=error_hours
         )
         if as_json:
-            print_json([v.as_dict() for v in judged])
+            print_json([view.as_dict() for view in judged])
         else:
-            for v in judged:
-                if v.state != "fresh":
-                    typer.echo(v.line())
-            if all(v.state == "fresh" for v in judged):
+            for view in judged:
+                if view.state != "fresh":
+                    typer.echo(view.line())
+            if all(view.state == "fresh" for view in judged):
                 typer.echo(f"all {len(judged)} views are fresh")
         from .freshness import exit_code
 

@@ -193,5 +193,12 @@ def test_worst_exit_code_order() -> None:
 
 def test_load_help_documents_every_exit_code() -> None:
     text = CliRunner().invoke(app, ["load", "--help"], terminal_width=200).stdout
-    for fragment in ("0 every view loaded", "3 loaded", "1 a view", "2 usage", "75 refused", "128+N"):
+    for fragment in (
+        "0 every view loaded",
+        "3 loaded",
+        "1 a view",
+        "2 usage",
+        "75 refused",
+        "128+N",
+    ):
         assert fragment in " ".join(text.split())

@@ -22,7 +22,11 @@ from otc_pipeline.runs import utcnow
 THRESHOLD_VARIABLES = [
     "OTC_STALE_WARN_HOURS",
     "OTC_STALE_ERROR_HOURS",
-    *(f"OTC_{v}_STALE_{lvl}_HOURS" for v in ("TICKETS", "TIMESHEETS", "COMMENTS") for lvl in ("WARN", "ERROR")),
+    *(
+        f"OTC_{v}_STALE_{lvl}_HOURS"
+        for v in ("TICKETS", "TIMESHEETS", "COMMENTS")
+        for lvl in ("WARN", "ERROR")
+    ),
 ]
 
 
@@ -54,9 +58,7 @@ def seed(db_url: str, *runs: dict[str, Any]) -> None:
 
 
 def check(db_url: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    return CliRunner().invoke(
-        app, ["status", "--check", "--database-url", db_url, *args], env=env
-    )
+    return CliRunner().invoke(app, ["status", "--check", "--database-url", db_url, *args], env=env)
 
 
 def all_fresh(hours_ago: float = 1.0) -> list[dict[str, Any]]:
@@ -143,7 +145,11 @@ def test_an_interrupted_last_run_counts_as_failed_and_a_running_one_is_ignored(
 ) -> None:
     seed(db_url, *all_fresh(), {"view": "tickets", "hours_ago": 0.5, "status": "interrupted"})
     assert check(db_url).exit_code == 1
-    seed(db_url, {"view": "tickets", "hours_ago": 0.2}, {"view": "tickets", "hours_ago": 0, "status": "running"})
+    seed(
+        db_url,
+        {"view": "tickets", "hours_ago": 0.2},
+        {"view": "tickets", "hours_ago": 0, "status": "running"},
+    )
     assert check(db_url).exit_code == 0
 
 
@@ -209,7 +215,14 @@ def test_plain_status_uses_the_warn_threshold_for_stale(db_url: str) -> None:
 def test_a_bad_threshold_names_the_option(value: str, tmp_path: Any) -> None:
     result = CliRunner().invoke(
         app,
-        ["status", "--check", "--database-url", f"sqlite:///{tmp_path}/x.db", "--warn-after", value],
+        [
+            "status",
+            "--check",
+            "--database-url",
+            f"sqlite:///{tmp_path}/x.db",
+            "--warn-after",
+            value,
+        ],
     )
     assert result.exit_code == 2
     assert "Error: --warn-after must be a positive duration" in result.stderr
