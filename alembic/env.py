@@ -81,11 +81,43 @@ def target_metadata_for(connection: Connection) -> MetaData:
     return copy
 
 
+def _own_names() -> dict[str, Any]:
+    """The names of every table, column, index and constraint otc-pipeline creates."""
+    columns: dict[str, set[str]] = {}
+    objects: set[str] = set()
+    for table in Base.metadata.tables.values():
+        columns[table.name] = {c.name for c in table.columns}
+        objects |= {i.name for i in table.indexes if i.name}
+        objects |= {c.name for c in table.constraints if isinstance(c.name, str)}
+        # An unnamed foreign key gets PostgreSQL's default name (the migrations spell it).
+        objects |= {
+            f"{table.name}_{'_'.join(c.name for c in fk.columns)}_fkey"
+            for fk in table.foreign_key_constraints
+            if not isinstance(fk.name, str)
+        }
+    return {"tables": set(columns), "columns": columns, "objects": objects}
+
+
 def include_name_for(connection: Connection) -> Any:
+    """Compare only otc-pipeline's own objects.
+
+    The servicedesk schema is shared: other tools keep tables there (the team
+    management tables, say), analysts add columns, indexes and constraints to our
+    tables. Autogenerate must never propose to drop them, so what the models do not
+    name is not reflected at all.
+    """
+    own = _own_names()
+
     def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
         if type_ == "schema":
             # Only our schema on PostgreSQL: public and others belong to someone else.
             return name == SCHEMA if connection.dialect.name == "postgresql" else True
+        if type_ == "table":
+            return name in own["tables"]
+        if type_ == "column":
+            return name in own["columns"].get(parent_names.get("table_name"), set())
+        if type_ in ("index", "unique_constraint", "foreign_key_constraint"):
+            return name in own["objects"]
         return True
 
     return include_name

@@ -127,11 +127,16 @@ def db_current(database_url: DatabaseUrlOption = None) -> None:
 
 @db_app.command("adopt")
 @handle_errors
-def db_adopt(database_url: DatabaseUrlOption = None) -> None:
+def db_adopt(
+    database_url: DatabaseUrlOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what adopt would change; change nothing.")
+    ] = False,
+) -> None:
     """Take over a legacy servicedesk database: recognise its state, stamp it, upgrade to head."""
     from . import commands
 
-    typer.echo(commands.db_adopt(database_url))
+    typer.echo(commands.db_adopt(database_url, dry_run=dry_run))
 
 
 # --- otc load / status / runs / rejects (pipeline) -------------------------------------

@@ -58,9 +58,9 @@ def db_current(database_url: str | None) -> str:
         return f"{mask_url(engine.url)}: {migrate.describe_current(engine)}"
 
 
-def db_adopt(database_url: str | None) -> str:
+def db_adopt(database_url: str | None, *, dry_run: bool = False) -> str:
     with _database(database_url) as engine:
-        return migrate.adopt(engine)
+        return migrate.adopt(engine, dry_run=dry_run)
 
 
 # --- load and its records ----------------------------------------------------------------

@@ -16,39 +16,17 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Column, Integer, MetaData, Table, func, inspect, select, text
+from sqlalchemy import func, inspect, select
 from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, Engine
 
-from . import models
+from . import adoption, models
 from .db import connection, schema_name
 from .errors import OtcError, SchemaNotReady
 
 State = Literal["empty", "legacy", "behind", "head", "ahead/unknown"]
 
 BASELINE = "0001_baseline"
-UNIQUE_ENTRY = "timesheets_unique_entry"
-LEGACY_TABLES = ("tickets", "timesheets", "comments", "user_lookup", "etl_metadata")
-# Tables only otc-pipeline's migrations create: finding them without a version
-# table means a half-migrated database, not a legacy one.
-MIGRATION_TABLES = ("timesheets_dedup_archive", "etl_rejects")
-# Columns the revisions after the baseline add; the rest of each model is legacy.
-ADDED_LATER = {
-    "timesheets": {"id"},
-    "etl_metadata": {
-        "id",  # some legacy databases lack it; adopt adds it
-        "load_start",
-        "load_end",
-        "records_errors",
-        "error_message",
-        "records_unchanged",
-        "records_duplicates",
-        "records_rejected",
-        "source",
-        "warnings",
-        "latest_source_time",
-    },
-}
 
 
 def script_location() -> Path:
@@ -88,11 +66,6 @@ def head_revision() -> str:
 def current_revisions(conn: Connection) -> tuple[str, ...]:
     context = MigrationContext.configure(conn, opts={"version_table_schema": schema_name(conn)})
     return tuple(context.get_current_heads())
-
-
-def _otc_tables(conn: Connection) -> set[str]:
-    names = set(inspect(conn).get_table_names(schema=schema_name(conn)))
-    return names & {*LEGACY_TABLES, *MIGRATION_TABLES}
 
 
 def _state(conn: Connection) -> State:
@@ -183,119 +156,28 @@ def downgrade(engine: Engine, revision: str) -> str:
 # --- adopt ------------------------------------------------------------------------------
 
 
-def _columns(conn: Connection, table: str) -> set[str]:
-    return {c["name"] for c in inspect(conn).get_columns(table, schema=schema_name(conn))}
+def _otc_tables(conn: Connection) -> set[str]:
+    names = set(inspect(conn).get_table_names(schema=schema_name(conn)))
+    return names & {*adoption.LEGACY_TABLES, *adoption.MIGRATION_TABLES}
 
 
-def _recognise_legacy(conn: Connection) -> None:
-    """Check that this is a legacy servicedesk database adopt knows how to take over."""
-    tables = set(inspect(conn).get_table_names(schema=schema_name(conn)))
-    half_done = sorted(tables & set(MIGRATION_TABLES))
-    has_id = "timesheets" in tables and "id" in _columns(conn, "timesheets")
-    if half_done or has_id:
-        raise SchemaNotReady(
-            "the database has tables or columns from otc-pipeline's migrations "
-            f"({', '.join(half_done) or 'timesheets.id'}) but no Alembic version, so its "
-            "state cannot be recognised; restore its alembic_version table, or stamp the "
-            "right revision with `alembic stamp`"
-        )
-    missing = [name for name in LEGACY_TABLES if name not in tables]
-    if missing:
-        raise SchemaNotReady(
-            f"not a legacy servicedesk database: tables {', '.join(missing)} are missing; "
-            "point --database-url at the servicedesk database"
-        )
-    problems: list[str] = []
-    for name in LEGACY_TABLES:
-        model_table = models.Base.metadata.tables[f"{models.SCHEMA}.{name}"]
-        expected = {c.name for c in model_table.columns} - ADDED_LATER.get(name, set())
-        lacking = sorted(expected - _columns(conn, name))
-        if lacking:
-            problems.append(f"{name} lacks {', '.join(repr(c) for c in lacking)}")
-    if problems:
-        raise SchemaNotReady(
-            "not a recognisable legacy servicedesk database: "
-            + "; ".join(problems)
-            + "; add the missing columns by hand, then run `otc db adopt` again"
-        )
+def _upgrades_after_baseline() -> list[str]:
+    """The revisions from the baseline to head, oldest first."""
+    scripts = script_directory()
+    walked = [s.revision for s in scripts.iterate_revisions(head_revision(), BASELINE)]
+    return [revision for revision in reversed(walked) if revision != BASELINE]
 
 
-def _qualified(conn: Connection, table: str) -> str:
-    quote = conn.dialect.identifier_preparer.quote
-    schema = schema_name(conn)
-    return f"{quote(schema)}.{quote(table)}" if schema else quote(table)
-
-
-def _drop_plain_unique_entry(conn: Connection) -> bool:
-    """Remove the clean-up's plain UNIQUE entry (NULLs distinct); the dedup adds the real one."""
-    schema = schema_name(conn)
-    inspector = inspect(conn)
-    quote = conn.dialect.identifier_preparer.quote
-    constraints = {c["name"] for c in inspector.get_unique_constraints("timesheets", schema)}
-    if UNIQUE_ENTRY in constraints and conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(
-            f"ALTER TABLE {_qualified(conn, 'timesheets')} DROP CONSTRAINT {quote(UNIQUE_ENTRY)}"
-        )
-        return True
-    indexes = {i["name"] for i in inspector.get_indexes("timesheets", schema)}
-    if UNIQUE_ENTRY in indexes:
-        prefix = f"{quote(schema)}." if schema else ""
-        conn.exec_driver_sql(f"DROP INDEX {prefix}{quote(UNIQUE_ENTRY)}")
-        return True
-    # SQLite: an inline UNIQUE(...) table constraint has no droppable name; the
-    # dedup migration rebuilds timesheets on SQLite, which removes it.
-    return UNIQUE_ENTRY in constraints
-
-
-def _add_etl_metadata_id(conn: Connection) -> None:
-    """Give a legacy etl_metadata without ``id`` its integer key, numbered in row order."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(
-            f"ALTER TABLE {_qualified(conn, 'etl_metadata')} "
-            "ADD COLUMN id SERIAL CONSTRAINT etl_metadata_pkey PRIMARY KEY"
-        )
-        return
-    # SQLite cannot add a primary key in place: copy into a new table in rowid order.
-    old = Table("etl_metadata", MetaData(), autoload_with=conn)
-    rebuilt = Table(
-        "_etl_metadata_adopt",
-        MetaData(),
-        Column("id", Integer, primary_key=True),
-        *(Column(c.name, c.type, nullable=c.nullable) for c in old.columns),
-    )
-    rebuilt.create(conn)
-    names = [c.name for c in old.columns]
-    conn.execute(rebuilt.insert().from_select(names, select(*old.columns).order_by(text("rowid"))))
-    conn.exec_driver_sql('DROP TABLE "etl_metadata"')
-    conn.exec_driver_sql('ALTER TABLE "_etl_metadata_adopt" RENAME TO "etl_metadata"')
-
-
-def _create_missing_legacy_indexes(conn: Connection) -> list[str]:
-    """Legacy indexes someone dropped by hand come back (reports rely on their speed)."""
-    created: list[str] = []
-    inspector = inspect(conn)
-    for name in LEGACY_TABLES:
-        table = models.Base.metadata.tables[f"{models.SCHEMA}.{name}"]
-        existing = {i["name"] for i in inspector.get_indexes(name, schema_name(conn))}
-        for index in table.indexes:
-            if index.name and index.name != UNIQUE_ENTRY and index.name not in existing:
-                index.create(conn)
-                created.append(index.name)
-    return created
-
-
-def _count(conn: Connection, name: str) -> int:
-    rows = select(func.count()).select_from(table_clause(name, schema=schema_name(conn)))
-    return int(conn.execute(rows).scalar() or 0)
-
-
-def adopt(engine: Engine) -> str:
+def adopt(engine: Engine, *, dry_run: bool = False) -> str:
     """Take over a legacy servicedesk database: recognise its state, stamp it, upgrade to head.
 
     State (a), before the clean-up: duplicates, no unique entry. State (b), after
     it: a plain UNIQUE entry (NULL tickets distinct) and perhaps hand-added
-    etl_metadata columns. Both reach head with every timesheet row kept:
-    duplicates move to timesheets_dedup_archive. All in one transaction.
+    etl_metadata columns. Either may hold only the columns the old loaders wrote,
+    legacy types (converted when no value changes) and other tools' objects (left
+    alone). Both reach head with every timesheet row kept: duplicates move to
+    timesheets_dedup_archive. All in one transaction; anything adopt cannot convert
+    stops it before it changes anything. With ``dry_run``, only the plan is returned.
     """
     current = state(engine)
     if current == "head":
@@ -318,26 +200,47 @@ def adopt(engine: Engine) -> str:
             "to create the schema"
         )
 
+    upgrades = ", ".join(_upgrades_after_baseline())
     with engine.begin() as conn:
-        _recognise_legacy(conn)
-        notes = []
-        if _drop_plain_unique_entry(conn):
-            notes.append("plain unique entry replaced")
-            kind = "after the clean-up"
-        else:
-            kind = "before the clean-up"
-        if "id" not in _columns(conn, "etl_metadata"):
-            _add_etl_metadata_id(conn)
-            notes.append("etl_metadata given its id")
-        created = _create_missing_legacy_indexes(conn)
-        if created:
-            notes.append(f"recreated {', '.join(created)}")
-        timesheets_before = _count(conn, "timesheets")
+        adopting = adoption.plan(conn)
+        if adopting.problems:
+            raise SchemaNotReady(
+                "cannot adopt this database, nothing was changed:\n  "
+                + "\n  ".join(adopting.problems)
+                + "\nthen run `otc db adopt` again"
+            )
+        if dry_run:
+            conn.rollback()
+            lines = adoption.describe(adopting, conn, done=False)
+            return "\n".join(
+                [
+                    f"legacy database ({adopting.kind}); adopt would:",
+                    *(f"  {line}" for line in lines),
+                    f"  stamp revision {BASELINE}, then upgrade to head: {upgrades}",
+                    "dry run: nothing was changed",
+                ]
+            )
+        adoption.apply(conn, adopting)
         config = alembic_config(conn)
         command.stamp(config, BASELINE)
         command.upgrade(config, "head")
         archived = _count(conn, "timesheets_dedup_archive")
+        if archived != adopting.duplicates:  # pragma: no cover - the dedup migration's job
+            raise OtcError(
+                f"adopt archived {archived} duplicate timesheets, not the "
+                f"{adopting.duplicates} it counted; nothing was changed"
+            )
         revision = _revision_text(conn)
-    kept = timesheets_before - archived
-    details = "; ".join([*notes, f"{archived} duplicate timesheets archived, {kept} kept"])
-    return f"adopted legacy database ({kind}): {details}; now at revision {revision} (head)"
+        lines = adoption.describe(adopting, conn, done=True)
+    return "\n".join(
+        [
+            f"adopted legacy database ({adopting.kind}); now at revision {revision} (head):",
+            *(f"  {line}" for line in lines),
+            f"  stamped {BASELINE}, then upgraded: {upgrades}",
+        ]
+    )
+
+
+def _count(conn: Connection, name: str) -> int:
+    rows = select(func.count()).select_from(table_clause(name, schema=schema_name(conn)))
+    return int(conn.execute(rows).scalar() or 0)
