@@ -6,6 +6,7 @@ No load logic lives here; see commands.py and pipeline.py.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from . import heartbeat
 from .errors import OtcError
 
 app = typer.Typer(
@@ -44,8 +46,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def fail(message: str, code: int) -> None:
-    """Print one ``Error:`` line and exit with ``code``."""
-    typer.echo(f"Error: {message}", err=True)
+    """Print one ``Error:`` line (a JSON event with --log-format json) and exit with ``code``."""
+    from . import logs
+
+    if logs.is_json():
+        logs.event("error", message, level=logging.ERROR, exit_code=code)
+    else:
+        typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -84,9 +91,23 @@ def print_json(obj: Any) -> None:
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="OTC_LOG_FORMAT",
+            help="stderr as text, or json: one JSON object per event (run started, warnings, "
+            "each view's result, errors) for journald and Loki.",
+        ),
+    ] = "text",
 ) -> None:
     """Load OTC tickets, timesheets and comments into the servicedesk database."""
+    from . import logs
+
     _state["debug"] = debug
+    if log_format not in logs.FORMATS:
+        fail(f"--log-format must be text or json, not {log_format!r}", 2)
+    logs.configure(log_format)
 
 
 # --- otc db ---------------------------------------------------------------------------
@@ -181,6 +202,7 @@ def _summary_line(summary: Any) -> str:
 
 
 @app.command("load")
+@heartbeat.around
 @handle_errors
 def load(
     view: Annotated[str, typer.Argument(help="tickets, timesheets, comments or all.")],
@@ -217,9 +239,9 @@ def load(
     open, the hourly request cap is reached); 128+N stopped by signal N (130 Ctrl-C,
     143 SIGTERM). With all, the worst code wins: 1, then 75, then 3.
     """
-    from . import commands
+    from . import commands, logs
 
-    show_progress = not as_json and sys.stderr.isatty()
+    show_progress = not as_json and sys.stderr.isatty() and not logs.is_json()
     bar, update = _progress_printer() if show_progress else (None, None)
     if bar is not None:
         bar.start()
@@ -234,7 +256,8 @@ def load(
         if as_json:
             print_json(summary.as_dict())
         elif summary.status == "failed":
-            typer.echo(f"Error: {summary.view}: {summary.error}", err=True)
+            if not logs.is_json():  # else the view_result event on stderr says it
+                typer.echo(f"Error: {summary.view}: {summary.error}", err=True)
         else:
             typer.echo(_summary_line(summary))
             for warning in summary.warnings:
@@ -295,9 +318,7 @@ def status(
     warn_hours = parse_hours(warn_after, "--warn-after") if warn_after else None
     error_hours = parse_hours(error_after, "--error-after") if error_after else None
     if check:
-        judged = commands.status_check(
-            database_url, warn_after=warn_hours, error_after=error_hours
-        )
+        judged = commands.status_check(database_url, warn_after=warn_hours, error_after=error_hours)
         if as_json:
             print_json([view.as_dict() for view in judged])
         else:

@@ -88,6 +88,9 @@ def load(
             raise ConfigError(
                 f"{path} is a folder; give the {view} export file, or use `otc load all --from {path}`"
             )
+    from . import monitoring
+
+    monitoring.check_settings()
     between: Callable[[], None] | None = None
     if source == "api":
         from .sources import api
@@ -100,8 +103,9 @@ def load(
             api.wait_between_views(settings)
 
     with _database(database_url) as engine:
+        monitoring.load_started(view, source, engine.url)
         if view == "all":
-            return pipeline.load_all(
+            summaries = pipeline.load_all(
                 engine,
                 source if source == "api" else Path(source),
                 chunk_size=chunk_size,
@@ -109,16 +113,20 @@ def load(
                 progress=progress,
                 between_views=between,
             )
-        return [
-            pipeline.load_view(
-                engine,
-                view,
-                source if source == "api" else Path(source),
-                chunk_size=chunk_size,
-                dry_run=dry_run,
-                progress=progress,
-            )
-        ]
+        else:
+            summaries = [
+                pipeline.load_view(
+                    engine,
+                    view,
+                    source if source == "api" else Path(source),
+                    chunk_size=chunk_size,
+                    dry_run=dry_run,
+                    progress=progress,
+                )
+            ]
+        # Once every view's transaction is over: log events, alerts, the metrics file.
+        monitoring.after_load(engine, summaries)
+        return summaries
 
 
 def _run_dict(run: EtlRun) -> dict[str, Any]:
