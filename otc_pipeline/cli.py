@@ -201,6 +201,13 @@ def _summary_line(summary: Any) -> str:
     return line
 
 
+def _print_reasons(summary: Any) -> None:
+    """The most frequent reject reasons, with their counts."""
+    for r in summary.reject_reasons:
+        where = f"{r['field']!r}: " if r["field"] else ""
+        typer.echo(f"  {r['count']:>7,} rejected: {where}{r['reason']}")
+
+
 @app.command("load")
 @heartbeat.around
 @handle_errors
@@ -230,6 +237,15 @@ def load(
             "--dry-run", help="Parse and validate, report what would change, write nothing."
         ),
     ] = False,
+    date_order: Annotated[
+        str | None,
+        typer.Option(
+            "--date-order",
+            help="How slashed dates read: dmy (day-first, the default) or mdy (month-first). "
+            "Default: OTC_DATE_ORDER.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Load a view (or all) into the database: exit 0 loaded, 3 loaded with rejects, 1 failed.
 
@@ -247,7 +263,13 @@ def load(
         bar.start()
     try:
         summaries = commands.load(
-            database_url, view, source, chunk_size=chunk_size, dry_run=dry_run, progress=update
+            database_url,
+            view,
+            source,
+            chunk_size=chunk_size,
+            dry_run=dry_run,
+            progress=update,
+            date_order=date_order,
         )
     finally:
         if bar is not None:
@@ -258,12 +280,15 @@ def load(
         elif summary.status == "failed":
             if not logs.is_json():  # else the view_result event on stderr says it
                 typer.echo(f"Error: {summary.view}: {summary.error}", err=True)
+            _print_reasons(summary)
         else:
             typer.echo(_summary_line(summary))
-            for warning in summary.warnings:
-                typer.echo(f"  warning: {warning}")
+            _print_reasons(summary)
             if summary.rejected and summary.run_id is not None:
                 typer.echo(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
+        if not as_json:
+            for warning in summary.warnings:
+                typer.echo(f"warning: {summary.view}: {warning}", err=True)
     from .pipeline import worst_exit_code
 
     raise typer.Exit(worst_exit_code(summaries))

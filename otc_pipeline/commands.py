@@ -15,7 +15,8 @@ from . import freshness, migrate, pipeline, runs
 from .db import connect_engine
 from .errors import ConfigError, SchemaNotReady, SourceError
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
-from .settings import database_setting, mask_url
+from .settings import database_setting, date_order_setting, mask_url
+from .sources.files import ReadOptions
 from .views import VIEW_ORDER, VIEWS
 
 
@@ -74,8 +75,10 @@ def load(
     chunk_size: int,
     dry_run: bool,
     progress: pipeline.Progress | None = None,
+    date_order: str | None = None,
 ) -> list[pipeline.RunSummary]:
     """Load one view, or all, from a file, a folder of exports, or the OTC API."""
+    options = ReadOptions(date_order=_date_order(date_order))
     if view != "all" and view not in VIEWS:
         raise ConfigError(f"unknown view {view!r}; use one of {', '.join(VIEW_ORDER)} or all")
     if source != "api":
@@ -112,6 +115,7 @@ def load(
                 dry_run=dry_run,
                 progress=progress,
                 between_views=between,
+                options=options,
             )
         else:
             summaries = [
@@ -122,11 +126,22 @@ def load(
                     chunk_size=chunk_size,
                     dry_run=dry_run,
                     progress=progress,
+                    options=options,
                 )
             ]
         # Once every view's transaction is over: log events, alerts, the metrics file.
         monitoring.after_load(engine, summaries)
         return summaries
+
+
+def _date_order(given: str | None) -> str:
+    """--date-order, else OTC_DATE_ORDER (dmy by default)."""
+    if given is None:
+        return date_order_setting()
+    order = given.strip().lower()
+    if order not in ("dmy", "mdy"):
+        raise ConfigError(f"--date-order must be dmy or mdy, not {given!r}")
+    return order
 
 
 def _run_dict(run: EtlRun) -> dict[str, Any]:

@@ -110,6 +110,8 @@ class ParsedChunk:
     first: int = 0  # source positions of the chunk's first and last rows
     last: int = 0
     unknown_fields: frozenset[str] = frozenset()
+    # (source field, the view's field it was taken for) for names spelled otherwise
+    renamed_fields: frozenset[tuple[str, str]] = frozenset()
     duplicates: int = 0
     # Key hashes of rows whose key may have come in an earlier chunk (a superset).
     maybe_repeats: list[int] = field(default_factory=list)

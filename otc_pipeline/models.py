@@ -173,6 +173,19 @@ class TimesheetArchive(_TimesheetColumns, Base):
     archived_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
 
 
+class TimesheetTimeSpelling(Base):
+    """The times of day a row held before 0005_canonical_times rewrote or archived it.
+
+    Only that revision's downgrade reads it: it gives the rows their spellings back.
+    """
+
+    __tablename__ = "timesheets_time_spellings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    time_from: Mapped[str | None] = mapped_column("TS-Time From", Text)
+    time_to: Mapped[str | None] = mapped_column("TS-Time To", Text)
+
+
 class Comment(Base):
     """One ticket comment."""
 

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from operator import itemgetter
 from typing import Any
@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Boolean, DateTime, Integer, Numeric
 
+from . import names
 from .errors import ConfigError
 from .views import View
 
@@ -173,15 +174,51 @@ def coerce_boolean(value: Any) -> bool | None:
 
 
 _SLASHED = re.compile(
-    r"^(\d{1,2})/(\d{1,2})/(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?$"
+    r"^(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})"
+    r"(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?(?:\s*([AaPp])\.?[Mm]\.?)?)?$"
 )
+DATE_ORDERS = ("dmy", "mdy")  # OTC_DATE_ORDER / --date-order: how slashed dates read
+# Spreadsheets count days from this date (1900 date system, Lotus's leap-day bug included
+# for every date after February 1900); their largest date is 9999-12-31.
+_EXCEL_EPOCH = datetime(1899, 12, 30)
+_EXCEL_SERIAL_MAX = 2958466
+
+
+def _slashed_moment(groups: tuple[str | None, ...], date_order: str) -> datetime:
+    """The datetime of a _SLASHED match read in ``date_order``; ValueError when invalid."""
+    first, second, year, hour, minute, second_of_minute, fraction, half = groups
+    day, month = (first, second) if date_order == "dmy" else (second, first)
+    assert day is not None and month is not None and year is not None
+    years = int(year)
+    if len(year) == 2:
+        years += 2000 if years < 30 else 1900  # Excel's pivot for two-digit years
+    hours = int(hour or 0)
+    if half is not None:
+        if not 1 <= hours <= 12:
+            raise ValueError("not a 12-hour time")
+        hours = hours % 12 + (12 if half in "Pp" else 0)
+    return datetime(
+        years,
+        int(month),
+        int(day),
+        hours,
+        int(minute or 0),
+        int(second_of_minute or 0),
+        int((fraction or "0").ljust(6, "0")),
+    )
 
 
 class DateTimeCoercer:
-    """Parses OTC's date formats to naive datetimes in the target timezone."""
+    """Parses OTC's date formats to naive datetimes in the target timezone.
 
-    def __init__(self, timezone: tzinfo) -> None:
+    Slashed dates are day-first by contract (``date_order`` "dmy"); "mdy" reads
+    them month-first. A number is a spreadsheet's serial date (days since
+    1899-12-30, the fraction the time of day): XLSX cells hold dates that way.
+    """
+
+    def __init__(self, timezone: tzinfo, date_order: str = "dmy") -> None:
         self.timezone = timezone
+        self.date_order = date_order
 
     def _naive(self, moment: datetime) -> datetime:
         if moment.tzinfo is not None:
@@ -197,20 +234,27 @@ class DateTimeCoercer:
                 raise CoercionError("is not a date (expected ISO 8601 or DD/MM/YYYY)") from None
         slashed = _SLASHED.match(text)
         if slashed:
-            day, month, year, hour, minute, second, fraction = slashed.groups()
             try:
-                return datetime(
-                    int(year),
-                    int(month),
-                    int(day),
-                    int(hour or 0),
-                    int(minute or 0),
-                    int(second or 0),
-                    int((fraction or "0").ljust(6, "0")),
-                )
+                return _slashed_moment(slashed.groups(), self.date_order)
             except ValueError:
-                raise CoercionError("is not a valid day-first date") from None
+                raise CoercionError(self._wrong_order(slashed.groups())) from None
         raise CoercionError("is not a date (expected ISO 8601 or DD/MM/YYYY)")
+
+    def _wrong_order(self, groups: tuple[str | None, ...]) -> str:
+        """Why a slashed date is invalid, naming the setting when the other order reads it."""
+        other = "mdy" if self.date_order == "dmy" else "dmy"
+        this = "day-first date (DD/MM/YYYY)"
+        if self.date_order == "mdy":
+            this = "month-first date (MM/DD/YYYY)"
+        try:
+            _slashed_moment(groups, other)
+        except ValueError:
+            return f"is not a valid {this}"
+        that = "month-first" if other == "mdy" else "day-first"
+        return (
+            f"is not a valid {this}, but reads as {that}: if the file's dates are "
+            f"{that}, load it with OTC_DATE_ORDER={other} or --date-order {other}"
+        )
 
     def __call__(self, value: Any) -> datetime | None:
         if _is_blank(value):
@@ -221,7 +265,110 @@ class DateTimeCoercer:
             return self._naive(value)
         if isinstance(value, date):
             return datetime(value.year, value.month, value.day)
+        if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+            if not (isinstance(value, int) or math.isfinite(value)) or not (
+                1 <= value < _EXCEL_SERIAL_MAX
+            ):
+                raise CoercionError("is a number outside the range of spreadsheet dates")
+            # Rounded to the second: a serial's fraction of a day is seldom exact in binary.
+            return _EXCEL_EPOCH + timedelta(seconds=round(float(value) * 86400))
         raise CoercionError(f"is a {type(value).__name__}, not a date")
+
+
+# --- times of day ("TS-Time From", "TS-Time To") -------------------------------------------
+
+# 7:00, 07:00, 07:00:00, 07:00:00.000, 7:00 AM, 7:00 pm, 7:00 a.m.
+_CLOCK_TEXT = re.compile(
+    r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?\s*(?:([AaPp])\.?[Mm]\.?)?$"
+)
+# The dates a spreadsheet puts under a bare time: Excel's zero date (1899-12-30, shown
+# by some tools as 1899-12-31 or "1900-01-00") and the 1904 date system's day zero.
+_ZERO_DATES = frozenset({date(1899, 12, 30), date(1899, 12, 31), date(1904, 1, 1)})
+_TIME_HINT = "expected a time of day such as 07:00, 7:00 or 7:00 PM"
+
+
+def _clock(seconds: float, shown: Any) -> str:
+    """``HH:MM`` for a number of seconds since midnight, rounded to the second.
+
+    Spreadsheets keep times as fractions of a day, so 07:00 may come back as
+    06:59:59.9999: rounding to the second first keeps it 07:00, and a time that
+    still has seconds is refused rather than silently truncated (it would be a
+    different key).
+    """
+    whole = round(seconds)
+    if not 0 <= whole < 86400:
+        raise CoercionError(f"is outside 00:00–23:59 ({_TIME_HINT})")
+    minutes, second = divmod(whole, 60)
+    if second:
+        raise CoercionError(f"has seconds ({shown}); OTC times are whole minutes, e.g. 07:00")
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _clock_text(text: str) -> str:
+    match = _CLOCK_TEXT.match(text)
+    if match is None:
+        try:
+            moment = datetime.fromisoformat(text)  # a time cell written with its zero date
+        except ValueError:
+            try:
+                share = Decimal(text)  # a time cell written as its fraction of a day
+            except InvalidOperation:
+                raise CoercionError(f"is not a time of day ({_TIME_HINT})") from None
+            return coerce_time_of_day(share) or ""
+        return coerce_time_of_day(moment) or ""
+    hour, minute, second, fraction, half = match.groups()
+    hours, minutes = int(hour), int(minute)
+    if half is not None:
+        if not 1 <= hours <= 12:
+            raise CoercionError(f"is not a 12-hour time ({_TIME_HINT})")
+        hours = hours % 12 + (12 if half in "Pp" else 0)
+    if hours > 23 or minutes > 59:
+        raise CoercionError(f"is outside 00:00–23:59 ({_TIME_HINT})")
+    if (second is not None and second != "00") or (fraction and fraction.strip("0")):
+        raise CoercionError(f"has seconds ({text}); OTC times are whole minutes, e.g. 07:00")
+    return f"{hours:02d}:{minutes:02d}"
+
+
+def coerce_time_of_day(value: Any) -> str | None:
+    """A time of day as ``HH:MM`` (zero-padded, 24-hour): the one spelling every source gives.
+
+    "TS-Time From" is part of the timesheet's key, so 7:00, 07:00:00, 7:00 AM,
+    a spreadsheet time cell and 0.2916… (its fraction of a day) must all be the
+    same text, or one entry loaded from two formats becomes two rows.
+    """
+    if value.__class__ is str:
+        if len(value) == 5 and value[2] == ":" and value[:2].isdigit() and value[3:].isdigit():
+            if value < "24" and value[3] < "6":  # the API's and our exports' own spelling
+                return value
+        text = value.strip()
+        if not text:
+            return None
+        return _clock_text(text)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise CoercionError(f"is a boolean, not a time of day ({_TIME_HINT})")
+    if isinstance(value, datetime):
+        if value.date() not in _ZERO_DATES:
+            raise CoercionError(f"is a date and time, not a time of day ({_TIME_HINT})")
+        value = value.time()
+    if isinstance(value, time):
+        seconds = value.hour * 3600 + value.minute * 60 + value.second
+        return _clock(seconds + value.microsecond / 1e6, value.isoformat())
+    if isinstance(value, timedelta):
+        return _clock(value.total_seconds(), value)
+    if isinstance(value, int | float | Decimal):
+        if not (isinstance(value, int) or math.isfinite(value)) or not 0 <= value < 1:
+            raise CoercionError(
+                f"is not a time of day ({_TIME_HINT}; as a number, a fraction of a day below 1)"
+            )
+        return _clock(float(value) * 86400, value)
+    raise CoercionError(f"is a {type(value).__name__}, not a time of day")
+
+
+def time_of_day_as_text(value: Any) -> str:
+    canonical = coerce_time_of_day(value)
+    return COPY_NULL if canonical is None else canonical  # HH:MM needs no COPY escaping
 
 
 COPY_NULL = "\\N"  # NULL in PostgreSQL's COPY text format (a text \N is escaped, never this)
@@ -304,6 +451,35 @@ def load_timezone(name: str) -> tzinfo:
         ) from None
 
 
+# --- field names ------------------------------------------------------------------------
+
+_FOLDED: dict[str, dict[str, str]] = {}  # view name -> folded field name -> field name
+
+
+def match_fields(view: View, fields: set[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Which source field fills each of the view's fields, and those spelled otherwise.
+
+    An exact name wins. Else a name that is a field's once trimmed of whitespace
+    and BOMs (``'TS-Hours '``), else once case and inner spacing are folded
+    (``'ts-hours'``, ``'TS-User  Username'``) is taken for it: a stray space must
+    not empty a whole column. Returns (view field -> source field, source field ->
+    view field for the names taken that way); the rest of ``fields`` is unknown.
+    """
+    folded = _FOLDED.get(view.name)
+    if folded is None:
+        folded = _FOLDED[view.name] = {names.folded(f): f for f in view.fields}
+        assert len(folded) == len(view.fields), f"{view.name}: two fields fold alike"
+    matched = {f: f for f in fields if f in view.fields}
+    renamed: dict[str, str] = {}
+    for name in sorted(fields - set(matched)):
+        trimmed = names.trimmed(name)
+        target = trimmed if trimmed in view.fields else folded.get(names.folded(name))
+        if target is not None and target not in matched:
+            matched[target] = name
+            renamed[name] = target
+    return matched, renamed
+
+
 # --- the parser -------------------------------------------------------------------------
 
 
@@ -319,7 +495,10 @@ class Parser:
     view: View
     timezone: tzinfo
     as_text: bool = False
+    date_order: str = "dmy"  # how slashed dates read: "dmy" (the contract) or "mdy"
     unknown_fields: set[str] = field(default_factory=set)
+    # source field -> the view's field it was taken for (spelled otherwise: 'TS-Hours ')
+    renamed_fields: dict[str, str] = field(default_factory=dict)
     _plans: dict[tuple[str, ...], Plan] = field(default_factory=dict)
     _plans_by_set: dict[frozenset[str], Plan] = field(default_factory=dict)
     _last_plan: Plan | None = None  # records of one source nearly always share their fields
@@ -328,10 +507,12 @@ class Parser:
 
     def __post_init__(self) -> None:
         as_text = self.as_text
-        dates = DateTimeAsText(self.timezone) if as_text else DateTimeCoercer(self.timezone)
+        dates = (DateTimeAsText if as_text else DateTimeCoercer)(self.timezone, self.date_order)
         for column in self.view.table.columns:
             coerce: Coercer
-            if isinstance(column.type, DateTime):
+            if column.key in self.view.times_of_day:
+                coerce = time_of_day_as_text if as_text else coerce_time_of_day
+            elif isinstance(column.type, DateTime):
                 coerce = dates
             elif isinstance(column.type, Boolean):
                 coerce = boolean_as_text if as_text else coerce_boolean
@@ -356,18 +537,24 @@ class Parser:
         return plan
 
     def _make_plan(self, fields: set[str]) -> Plan:
+        matched, renamed = match_fields(self.view, fields)
+        self.renamed_fields.update(renamed)
         # The view's own field order: records with the same fields in another order share a plan.
-        known = [f for f in self.view.fields if f in fields]
-        unknown = tuple(sorted(f for f in fields if f not in self.view.fields))
-        missing = next((f for f in self.view.required if f not in fields), None)
+        known = [f for f in self.view.fields if f in matched]
+        unknown = tuple(sorted(fields - set(matched.values())))
+        missing = next((f for f in self.view.required if f not in matched), None)
         if missing is None:
             # Every key column must be in the plan, even where the source may be blank.
             missing = next(
-                (self.view.columns[k] for k in self.view.key if self.view.columns[k] not in fields),
+                (
+                    self.view.columns[k]
+                    for k in self.view.key
+                    if self.view.columns[k] not in matched
+                ),
                 None,
             )
         steps = tuple(
-            (f, self._coercers[self.view.fields[f]], self._caches[self.view.fields[f]])
+            (matched[f], self._coercers[self.view.fields[f]], self._caches[self.view.fields[f]])
             for f in known
         )
         required_slots = tuple(i for i, f in enumerate(known) if f in self.view.required)
@@ -465,12 +652,14 @@ def _remembering_timestamp_text(coerce: DateTimeAsText, cache: dict[str, Any]) -
     2 µs a value. Here: 'YYYY-MM-DD HH:MM:SS' is already how PostgreSQL prints the
     value and only needs validating; other ISO 8601 goes through ``fromisoformat``
     (an offset converted as ``coerce`` does); 'DD/MM/YYYY', 'DD/MM/YYYY HH:MM' and
-    'DD/MM/YYYY HH:MM:SS' are rewritten as ISO and validated the same way.
+    'DD/MM/YYYY HH:MM:SS' (or month-first, as ``coerce`` reads them) are rewritten as
+    ISO and validated the same way.
     ``fromisoformat`` does the validating, in C. Anything else, and every invalid
     value, goes through ``coerce``, which reads the other forms or gives the reason.
     """
     fromisoformat = datetime.fromisoformat
     timezone = coerce.timezone
+    day_first = coerce.date_order == "dmy"
 
     def coerce_and_remember(raw: str) -> Any:
         size = len(raw)
@@ -498,7 +687,8 @@ def _remembering_timestamp_text(coerce: DateTimeAsText, cache: dict[str, Any]) -
                 time_of_day = (
                     " 00:00:00" if size == 10 else raw[10:] + (":00" if size == 16 else "")
                 )
-                iso = f"{raw[6:10]}-{raw[3:5]}-{raw[:2]}{time_of_day}"
+                day, month = (raw[:2], raw[3:5]) if day_first else (raw[3:5], raw[:2])
+                iso = f"{raw[6:10]}-{month}-{day}{time_of_day}"
                 fromisoformat(iso)
                 value = iso
         except ValueError:

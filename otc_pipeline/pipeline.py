@@ -12,8 +12,9 @@ import multiprocessing
 import signal
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, tzinfo
 from multiprocessing.connection import Connection as Connection_
 from multiprocessing.connection import wait
@@ -27,8 +28,8 @@ from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
 from .parse import Parser, Reject, load_timezone
-from .settings import timezone_name
-from .sources.files import JsonPart, read_file, read_json_part, split_json
+from .settings import date_order_setting, timezone_name
+from .sources.files import JsonPart, ReadOptions, read_file, read_json_part, split_json
 from .views import VIEW_ORDER, VIEWS, View
 
 # Measured on 100k timesheets (first load / reload): 5k 1.86 / 1.50 s, 10k 1.89 / 1.42 s,
@@ -37,6 +38,7 @@ DEFAULT_CHUNK_SIZE = 10000
 # A reload reads a JSON export at least this large in two halves side by side (see _chunks).
 SPLIT_MIN_BYTES = 8 * 1024 * 1024
 SUFFIXES = (".json", ".csv", ".xlsx")
+TOP_REASONS = 5  # reject reasons a load reports, most frequent first
 
 Source = Path | str | Iterable[Any]
 Progress = Callable[[str, int], None]
@@ -56,6 +58,8 @@ class RunSummary(LoadCounts):
     latest_source_time: datetime | None = None
     # The failure was a temporary refusal (breaker open, hourly cap, view held): exit 75.
     retry_later: bool = False
+    # The most frequent reasons records were rejected: {"field", "reason", "count"}.
+    reject_reasons: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -78,6 +82,8 @@ class RunSummary(LoadCounts):
             data["error"] = self.error
         if self.warnings:
             data["warnings"] = self.warnings
+        if self.reject_reasons:
+            data["reject_reasons"] = self.reject_reasons
         return data
 
 
@@ -122,7 +128,7 @@ def describe_source(source: Source) -> str:
 
 
 def _records(
-    view: View, source: Source | JsonPart, first_position: int
+    view: View, source: Source | JsonPart, first_position: int, options: ReadOptions
 ) -> Iterator[tuple[int, Any]]:
     if isinstance(source, JsonPart):
         yield from read_json_part(source, first_position)
@@ -131,7 +137,7 @@ def _records(
 
         yield from fetch_view(view.name, ApiSettings.from_env())
     elif isinstance(source, str | Path):
-        yield from read_file(Path(source))
+        yield from read_file(Path(source), options)
     else:
         yield from enumerate(source, start=1)
 
@@ -166,20 +172,22 @@ def parsed_chunks(
     *,
     first_position: int = 1,
     encoder: ChunkEncoder | None = None,
+    options: ReadOptions | None = None,
 ) -> Iterator[ParsedChunk]:
     """Read and parse a source chunk by chunk: the source and parse stages of a load.
 
     Records are numbered from ``first_position`` (a second half's from SECOND_HALF + 1).
     """
     # For COPY the parser hands out text: formatted once per distinct value, not per row.
-    parser = Parser(view, timezone, as_text=for_copy)
+    options = options or ReadOptions()
+    parser = Parser(view, timezone, as_text=for_copy, date_order=options.date_order or "dmy")
     if encoder is None:
         encoder = ChunkEncoder(for_copy)
     rejects: list[Reject] = []
     records = 0
     # Each record is parsed as it arrives and then let go: a chunk holds parsed rows only.
     first = first_position == 1  # a second half's first record is no sample of the file
-    for position, record in _records(view, source, first_position):
+    for position, record in _records(view, source, first_position, options):
         if first:
             _check_first_record(view, parser, record, source_text)
             first = False
@@ -190,10 +198,18 @@ def parsed_chunks(
             encoder.add(position, *parsed)
         records += 1
         if records == chunk_size:
-            yield encoder.flush(rejects, records, frozenset(parser.unknown_fields))
+            yield _flush(encoder, parser, rejects, records)
             rejects, records = [], 0
     if records:
-        yield encoder.flush(rejects, records, frozenset(parser.unknown_fields))
+        yield _flush(encoder, parser, rejects, records)
+
+
+def _flush(
+    encoder: ChunkEncoder, parser: Parser, rejects: list[Reject], records: int
+) -> ParsedChunk:
+    chunk = encoder.flush(rejects, records, frozenset(parser.unknown_fields))
+    chunk.renamed_fields = frozenset(parser.renamed_fields.items())
+    return chunk
 
 
 def collect_rarely() -> None:
@@ -220,6 +236,7 @@ def _produce(
     timezone: tzinfo,
     for_copy: bool,
     half: str | None,
+    options: ReadOptions,
 ) -> None:
     """Child process: read and parse the source, send each chunk to the loading parent.
 
@@ -242,6 +259,7 @@ def _produce(
             for_copy,
             first_position=SECOND_HALF + 1 if half == "second" else 1,
             encoder=encoder,
+            options=options,
         ):
             records += chunk.records
             sender.send(("chunk", chunk))
@@ -268,6 +286,7 @@ def _chunks_from_readers(
     chunk_size: int,
     timezone: tzinfo,
     for_copy: bool,
+    options: ReadOptions,
 ) -> Iterator[ParsedChunk]:
     """Parsed chunks from child processes, so reading and parsing run beside the database.
 
@@ -295,7 +314,17 @@ def _chunks_from_readers(
             receiver, sender = context.Pipe(duplex=False)
             producer = context.Process(
                 target=_produce,
-                args=(sender, view.name, source, source_text, chunk_size, timezone, for_copy, half),
+                args=(
+                    sender,
+                    view.name,
+                    source,
+                    source_text,
+                    chunk_size,
+                    timezone,
+                    for_copy,
+                    half,
+                    options,
+                ),
                 name=f"otc-read-{view.name}" + (f"-{half}" if half else ""),
                 daemon=True,
             )
@@ -357,6 +386,7 @@ def _chunks(
     timezone: tzinfo,
     for_copy: bool,
     halves: tuple[JsonPart, JsonPart] | None,
+    options: ReadOptions,
 ) -> Iterator[ParsedChunk]:
     """The parsed chunks of a source: files and the API from reading processes.
 
@@ -366,11 +396,13 @@ def _chunks(
     and comparing about 0.55 s).
     """
     if not isinstance(source, str | Path):
-        return parsed_chunks(view, source, source_text, chunk_size, timezone, for_copy)
+        return parsed_chunks(
+            view, source, source_text, chunk_size, timezone, for_copy, options=options
+        )
     readers: list[tuple[Path | str | JsonPart, str | None]] = (
         [(source, None)] if halves is None else [(halves[0], "first"), (halves[1], "second")]
     )
-    return _chunks_from_readers(view, readers, source_text, chunk_size, timezone, for_copy)
+    return _chunks_from_readers(view, readers, source_text, chunk_size, timezone, for_copy, options)
 
 
 def load_view(
@@ -381,8 +413,12 @@ def load_view(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     dry_run: bool = False,
     progress: Progress | None = None,
+    options: ReadOptions | None = None,
 ) -> RunSummary:
     """Load one view from ``source`` (a file, "api", or an iterable of records).
+
+    ``options`` says how to read an unusual export (sheet, delimiter, encoding,
+    date order); the date order defaults to OTC_DATE_ORDER.
 
     Given a Connection inside a transaction (the ``otc_load`` test fixture does
     this), everything runs in SAVEPOINTs on it and nothing is committed.
@@ -394,17 +430,34 @@ def load_view(
     view = VIEWS[view_name]
     source_text = describe_source(source)
     timezone = load_timezone(timezone_name())
+    options = replace(
+        options or ReadOptions(),
+        header_fields=tuple(view.columns[k] for k in view.key if view.columns[k] in view.required),
+    )
+    if options.date_order is None:
+        options = replace(options, date_order=date_order_setting())
     if dry_run:
         if migrate.state(engine) != "head":
             raise SchemaNotReady(
                 "--dry-run needs a database at head; run `otc db upgrade` (or adopt) first"
             )
-        return _run(engine, view, source, source_text, None, chunk_size, True, progress, timezone)
+        return _run(
+            engine, view, source, source_text, None, chunk_size, True, progress, timezone, options
+        )
     ensure_schema(engine)
     with runs.view_lock(engine, view.name):
         run_id = runs.open_run(engine, view.name, source_text)
         return _run(
-            engine, view, source, source_text, run_id, chunk_size, False, progress, timezone
+            engine,
+            view,
+            source,
+            source_text,
+            run_id,
+            chunk_size,
+            False,
+            progress,
+            timezone,
+            options,
         )
 
 
@@ -418,16 +471,20 @@ def _run(
     dry_run: bool,
     progress: Progress | None,
     timezone: Any,
+    options: ReadOptions,
 ) -> RunSummary:
     started = time.monotonic()
     summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
     loader: ViewLoader | None = None
     unknown_fields: frozenset[str] = frozenset()
+    renamed_fields: frozenset[tuple[str, str]] = frozenset()
+    reasons: Counter[tuple[str | None, str]] = Counter()
 
     def load_once(conn: Connection, may_split: bool) -> None:
         """One attempt in one transaction (a savepoint inside a caller's)."""
-        nonlocal loader, unknown_fields
-        unknown_fields = frozenset()
+        nonlocal loader, unknown_fields, renamed_fields
+        unknown_fields, renamed_fields = frozenset(), frozenset()
+        reasons.clear()
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
         try:
             loader = ViewLoader(conn, view, run_id)
@@ -446,10 +503,13 @@ def _run(
                 timezone,
                 for_copy=conn.dialect.name == "postgresql",
                 halves=halves,
+                options=options,
             )
             for chunk in chunks:
                 loader.stage(chunk)
                 unknown_fields |= chunk.unknown_fields
+                renamed_fields |= chunk.renamed_fields
+                reasons.update((r.field, r.reason) for r in chunk.rejects)
                 if progress is not None:
                     progress(view.name, loader.counts.fetched)
             loader.finish()
@@ -487,11 +547,39 @@ def _run(
     _copy_counts(summary, loader)
     summary.latest_source_time = loader.latest_source_time
     if unknown_fields:
-        summary.warnings.insert(0, "unknown fields ignored: " + ", ".join(sorted(unknown_fields)))
+        names = ", ".join(repr(name) for name in sorted(unknown_fields))
+        summary.warnings.insert(0, f"unknown fields ignored: {names}")
+    if renamed_fields:
+        names = ", ".join(f"{name!r} as {field!r}" for name, field in sorted(renamed_fields))
+        summary.warnings.insert(0, f"fields read under their OTC names: {names}")
+    refused = summary.rejected - sum(reasons.values())
+    if refused > 0:
+        reasons[(None, "refused by the database")] += refused
+    summary.reject_reasons = [
+        {"field": name, "reason": reason, "count": count}
+        for (name, reason), count in reasons.most_common(TOP_REASONS)
+    ]
     summary.status = "dry-run" if dry_run else ("partial" if summary.rejected else "success")
+    if summary.fetched and summary.rejected == summary.fetched:
+        # Nothing of the view was written; the rejects stay for `otc rejects`.
+        summary.status = "failed"
+        summary.error = _nothing_loaded(summary)
     summary.duration_s = round(time.monotonic() - started, 3)
     _close_run(engine, summary)
     return summary
+
+
+def _nothing_loaded(summary: RunSummary) -> str:
+    """The error of a load whose every record was rejected, with its top reasons."""
+    top = "; ".join(
+        f"{r['count']:,} × {r['field'] + ': ' if r['field'] else ''}{r['reason']}"
+        for r in summary.reject_reasons[:3]
+    )
+    where = f"; see `otc rejects --run {summary.run_id}`" if summary.run_id is not None else ""
+    return (
+        f"every one of the {summary.fetched:,} records was rejected, nothing was loaded "
+        f"({top}){where}"
+    )
 
 
 def _close_run(engine: Engine | Connection, summary: RunSummary) -> None:
@@ -575,6 +663,7 @@ def load_all(
     dry_run: bool = False,
     progress: Progress | None = None,
     between_views: Callable[[], None] | None = None,
+    options: ReadOptions | None = None,
 ) -> list[RunSummary]:
     """Load every view from a folder of exports or the API; a failed view does not stop the rest."""
     if isinstance(source, str) and source == "api":
@@ -594,6 +683,7 @@ def load_all(
                     chunk_size=chunk_size,
                     dry_run=dry_run,
                     progress=progress,
+                    options=options,
                 )
             )
         except OtcError as exc:

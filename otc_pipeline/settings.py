@@ -139,3 +139,15 @@ def stale_hours(
         if text is not None and text.strip():
             return parse_hours(text, name)
     return default
+
+
+def date_order_setting(environ: Mapping[str, str] | None = None) -> str:
+    """``OTC_DATE_ORDER`` (default dmy): how slashed dates read, day-first or month-first."""
+    env = os.environ if environ is None else environ
+    order = (env.get("OTC_DATE_ORDER") or "dmy").strip().lower()
+    if order not in ("dmy", "mdy"):
+        raise ConfigError(
+            f"OTC_DATE_ORDER={order!r} is not a date order; use dmy (day-first, the default) "
+            "or mdy (month-first)"
+        )
+    return order

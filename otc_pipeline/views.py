@@ -20,6 +20,7 @@ class View:
     guid: str  # the OTC API view id
     source_time_field: str | None = None  # newest value shown as the view's freshness
     required: tuple[str, ...] = field(default=())  # source fields a record cannot lack
+    times_of_day: tuple[str, ...] = field(default=())  # column keys stored as canonical HH:MM
 
     @property
     def columns(self) -> dict[str, str]:
@@ -56,6 +57,7 @@ TIMESHEETS = View(
     source_time_field="TS-Date",
     # "TS-Crm ID" is part of the key but may be blank: NULL is a value like any other.
     required=("TS-User Username", "TS-Date", "TS-Time From"),
+    times_of_day=("TS-Time From", "TS-Time To"),
 )
 
 COMMENTS = View(

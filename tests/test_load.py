@@ -457,7 +457,7 @@ def test_run_record_has_every_count_and_the_newest_source_time(engine: Engine) -
     )
     assert run.records_unchanged == 0 and run.records_rejected == 0 and run.records_updated == 0
     assert run.source == "records" and run.load_start <= run.load_end
-    assert run.warnings == "unknown fields ignored: Extra"
+    assert run.warnings == "unknown fields ignored: 'Extra'"
     # Ticket 1's last occurrence has no modified time; the newest of the rest is 5 Feb.
     assert run.latest_source_time.strftime("%Y-%m-%d") == "2026-02-05"
 

@@ -294,3 +294,83 @@ def test_alembic_cli_from_the_repo_root(empty_db_url: str) -> None:
     eng = make_engine(empty_db_url)
     assert otc_table_names(eng) == []
     eng.dispose()
+
+
+SPELLINGS = Base.metadata.tables[f"{SCHEMA}.timesheets_time_spellings"]
+
+
+def _seed_at(engine: Engine, revision: str, rows: list[dict[str, Any]]) -> None:
+    migrate.upgrade(engine, revision)
+    with engine.begin() as conn:
+        for row in rows:  # one by one: ids follow the list
+            conn.execute(TIMESHEETS.insert(), row)
+
+
+def test_canonical_times_settle_one_entry_and_come_back(empty_engine: Engine) -> None:
+    """7:00, 07:00:00 and 07:00 of one entry: one row stays, the others are archived."""
+    modified = datetime(2025, 3, 3, 12, 0)
+    seeded = [
+        timesheet("alice", 3, "7:00", 100, **{"TS-Time To": "8:30", "TS-Modified Time": modified}),
+        timesheet("alice", 3, "07:00:00", 100, **{"TS-Time To": "08:30:00"}),
+        timesheet("alice", 3, "07:00", 100, **{"TS-Time To": "08:30"}),
+        # The same time of another ticket, a NULL ticket twice, and one left as it is.
+        timesheet("alice", 3, "7:00 AM", 101, **{"TS-Time To": "1:15 PM"}),
+        timesheet("bob", 4, "9:15", None, **{"TS-Modified Time": modified}),
+        timesheet("bob", 4, "09:15", None, **{"TS-Modified Time": modified}),
+        timesheet("carol", 5, "08:00:30", 300),
+    ]
+    _seed_at(empty_engine, "0004_analyst_views", seeded)
+    original = row_multiset(empty_engine, TIMESHEETS)
+    with empty_engine.connect() as conn:
+        ids = {
+            (r._mapping["TS-User Username"], r._mapping["TS-Time From"]): r.id
+            for r in conn.execute(sa.select(TIMESHEETS))
+        }
+
+    migrate.upgrade(empty_engine, "0005_canonical_times")
+
+    with empty_engine.connect() as conn:
+        kept = {r.id: r._mapping for r in conn.execute(sa.select(TIMESHEETS))}
+        archived = {r.id: r._mapping for r in conn.execute(sa.select(ARCHIVE))}
+    # alice 7:00 was modified last: it stays (as 07:00); the other two are archived as they were.
+    assert kept[ids[("alice", "7:00")]]["TS-Time From"] == "07:00"
+    assert kept[ids[("alice", "7:00")]]["TS-Time To"] == "08:30"
+    assert {archived[i]["TS-Time From"] for i in archived} == {"07:00:00", "07:00", "9:15"}
+    assert {a["kept_id"] for a in archived.values() if a["TS-User Username"] == "alice"} == {
+        ids[("alice", "7:00")]
+    }
+    # The bob rows tie on their modified time: the one already spelled canonically stays.
+    assert kept[ids[("bob", "09:15")]]["TS-Time From"] == "09:15"
+    assert archived[ids[("bob", "9:15")]]["kept_id"] == ids[("bob", "09:15")]
+    assert kept[ids[("alice", "7:00 AM")]]["TS-Time From"] == "07:00"
+    assert kept[ids[("alice", "7:00 AM")]]["TS-Time To"] == "13:15"
+    assert kept[ids[("carol", "08:00:30")]]["TS-Time From"] == "08:00:30"  # seconds: as it was
+    assert len({entry_key(dict(r)) for r in kept.values()}) == len(kept) == 4
+    assert_models_match(empty_engine)
+    # A later load finds the canonical entry instead of adding a row.
+    with empty_engine.begin() as conn:
+        with pytest.raises(IntegrityError), conn.begin_nested():
+            conn.execute(TIMESHEETS.insert(), timesheet("alice", 3, "07:00", 100))
+
+    migrate.downgrade(empty_engine, "0004_analyst_views")
+    assert row_multiset(empty_engine, TIMESHEETS) == original
+    assert "timesheets_time_spellings" not in otc_table_names(empty_engine)
+    with empty_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(ARCHIVE)).scalar() == 0
+        back = {r.id for r in conn.execute(sa.select(TIMESHEETS))}
+    assert back == set(ids.values())  # under their own ids
+
+    # Up again: the same result; the downgrade then leaves a later "TS-Time To" alone.
+    migrate.upgrade(empty_engine, "head")
+    with empty_engine.begin() as conn:
+        conn.execute(
+            TIMESHEETS.update()
+            .where(TIMESHEETS.c.id == ids[("alice", "7:00")])
+            .values({"TS-Time To": "09:00"})
+        )
+    migrate.downgrade(empty_engine, "0004_analyst_views")
+    with empty_engine.connect() as conn:
+        row = conn.execute(
+            sa.select(TIMESHEETS).where(TIMESHEETS.c.id == ids[("alice", "7:00")])
+        ).one()
+    assert (row._mapping["TS-Time From"], row._mapping["TS-Time To"]) == ("7:00", "09:00")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -290,3 +290,113 @@ def test_a_record_with_other_fields_gets_its_own_plan() -> None:
     again, again_values = parser.parse(4, reordered)  # type: ignore[misc]
     assert again is plan and again_values == values
     assert parser.unknown_fields == {"TS-Legacy Flag"}
+
+
+# --- times of day, date order, spreadsheet serials, header spellings ---------------------
+
+TIME_SHAPES = [
+    "7:00",
+    "07:00",
+    "07:00:00",
+    "07:00:00.000",
+    "7:00 AM",
+    "7:00 am",
+    "7:00a.m.",
+    " 07:00 ",
+    time(7, 0),
+    time(6, 59, 59, 999_800),  # a spreadsheet's fraction of a day, read back in binary
+    datetime(1899, 12, 30, 7, 0),  # a time cell under Excel's zero date
+    datetime(1899, 12, 31, 7, 0),
+    timedelta(hours=7),
+    7 / 24,
+    Decimal("0.291666666666667"),  # LibreOffice's 15 digits of 7/24
+    "0.2916666666666667",
+    "1899-12-30 07:00:00",
+]
+
+
+@pytest.mark.parametrize("shape", TIME_SHAPES, ids=repr)
+@pytest.mark.parametrize("as_text", [False, True], ids=["objects", "copy-text"])
+def test_every_time_shape_is_one_canonical_key(shape: object, as_text: bool) -> None:
+    parser = Parser(TIMESHEETS, load_timezone("UTC"), as_text=as_text)
+    result = parser.parse(1, ts(**{"TS-Time From": shape, "TS-Time To": shape}))
+    assert not isinstance(result, Reject), result
+    row = dict(zip(result[0].columns, result[1], strict=True))
+    assert (row["TS-Time From"], row["TS-Time To"]) == ("07:00", "07:00")
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [("12:00 AM", "00:00"), ("12:30 PM", "12:30"), ("11:59 pm", "23:59"), ("0:05", "00:05")],
+)
+def test_twelve_hour_times(shape: str, expected: str) -> None:
+    assert parse_one(ts(**{"TS-Time To": shape}))["TS-Time To"] == expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        ("07:00:30", "value has seconds (07:00:30)"),
+        (time(7, 0, 30), "value has seconds"),
+        ("24:00", "value is outside 00:00–23:59"),
+        ("7:60", "value is outside 00:00–23:59"),
+        ("13:00 PM", "value is not a 12-hour time"),
+        ("seven", "value is not a time of day"),
+        (1.25, "value is not a time of day"),
+        (datetime(2026, 1, 5, 7, 0), "value is a date and time, not a time of day"),
+    ],
+)
+def test_times_that_are_no_whole_minute_are_rejected(shape: object, reason: str) -> None:
+    result = parse_one(ts(**{"TS-Time From": shape}))
+    assert isinstance(result, Reject)
+    assert result.field == "TS-Time From"
+    assert result.reason.startswith(reason), result.reason
+
+
+def test_month_first_dates_are_named_with_the_setting() -> None:
+    result = parse_one(ts(**{"TS-Date": "01/15/26 07:00 AM"}))
+    assert isinstance(result, Reject) and result.field == "TS-Date"
+    assert "reads as month-first" in result.reason
+    assert "OTC_DATE_ORDER=mdy" in result.reason and "--date-order mdy" in result.reason
+    for as_text, expected in ((False, datetime(2026, 1, 15, 7, 0)), (True, "2026-01-15 07:00:00")):
+        parser = Parser(TIMESHEETS, load_timezone("UTC"), as_text=as_text, date_order="mdy")
+        for text in ("01/15/26 07:00 AM", "01/15/2026 07:00"):
+            parsed = parser.parse(1, ts(**{"TS-Date": text}))
+            assert not isinstance(parsed, Reject), parsed
+            assert parsed[1][1] == expected
+    # Invalid either way: no hint.
+    result = parse_one(ts(**{"TS-Date": "31/31/2026"}))
+    assert isinstance(result, Reject) and "reads as" not in result.reason
+
+
+def test_spreadsheet_serial_numbers_are_dates() -> None:
+    row = parse_one(ts(**{"TS-Date": 46037, "TS-Modified Time": 46037.3125}))
+    assert row["TS-Date"] == datetime(2026, 1, 15)
+    assert row["TS-Modified Time"] == datetime(2026, 1, 15, 7, 30)
+    result = parse_one(ts(**{"TS-Date": 1e12}))
+    assert isinstance(result, Reject) and "outside the range of spreadsheet dates" in result.reason
+
+
+def test_headers_match_after_trimming_and_folding() -> None:
+    parser = Parser(TIMESHEETS, load_timezone("UTC"))
+    record = {
+        "\ufeffTS-User Username": "djewell",
+        "TS-Date\u00a0": "2026-01-05",
+        "ts-time  from": "9:15",
+        "TS-Crm ID": "1001",
+        "TS-Hours ": "1,5",
+        "TS-Hours": "2",  # the exact name wins; the spaced one is then unknown
+        "TS-Nonsense": "x",
+    }
+    result = parser.parse(1, record)
+    assert not isinstance(result, Reject), result
+    row = dict(zip(result[0].columns, result[1], strict=True))
+    assert row["TS-User Username"] == "djewell"
+    assert row["TS-Time From"] == "09:15"
+    assert row["TS-Hours"] == Decimal("2")
+    assert parser.renamed_fields == {
+        "\ufeffTS-User Username": "TS-User Username",
+        "TS-Date\u00a0": "TS-Date",
+        "ts-time  from": "TS-Time From",
+    }
+    assert parser.unknown_fields == {"TS-Hours ", "TS-Nonsense"}

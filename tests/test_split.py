@@ -255,7 +255,7 @@ def test_a_wrong_split_is_read_again_whole(
     assert halves[-1] is not None and attempts == [True, False]  # split, refuted, read whole
     assert (summary.status, counts(summary)) == ("success", (1, 1, 0, 0, 0))
     assert_invariant(summary)
-    assert summary.warnings[0] == "unknown fields ignored: TS-Extra"
+    assert summary.warnings[0] == "unknown fields ignored: 'TS-Extra'"
     with engine.connect() as conn:
         descriptions = sorted(conn.scalars(select(Timesheet.description)))
         runs = conn.scalar(select(func.count()).select_from(EtlRun))

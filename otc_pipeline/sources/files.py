@@ -18,11 +18,13 @@ No database imports here.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -30,7 +32,8 @@ from typing import Any, cast
 
 import ijson
 
-from ..errors import SourceError
+from .. import names
+from ..errors import ConfigError, SourceError
 
 SourceRecord = tuple[int, dict[str, Any]]
 """(source position, raw record as read).
@@ -45,6 +48,19 @@ instead of failing the whole file.
 """
 
 SUPPORTED_SUFFIXES = (".json", ".csv", ".xlsx")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read an export that is not the usual shape (the `otc load` options)."""
+
+    sheet: str | None = None  # --sheet: an XLSX sheet's name or 1-based number
+    delimiter: str | None = None  # --delimiter: a CSV's, instead of sniffing it
+    encoding: str | None = None  # --encoding: a CSV's, instead of UTF-8 / UTF-16 by BOM
+    date_order: str | None = None  # --date-order (default OTC_DATE_ORDER), for the parse stage
+    # Names the header row must hold (the view's key fields): how an XLSX sheet and its
+    # header row are found. Empty: the first sheet, its first row with any cell filled.
+    header_fields: tuple[str, ...] = ()
 
 # Cells that spill past the header in a CSV row (csv.DictReader's restkey idea):
 # kept, not dropped, so the reject or warning can show them.
@@ -61,13 +77,14 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _JSON_WHITESPACE = b" \t\r\n"
 
 
-def read_file(path: Path) -> Iterator[SourceRecord]:
+def read_file(path: Path, options: ReadOptions | None = None) -> Iterator[SourceRecord]:
     """Yield every record of an OTC export file with its source position.
 
     The reader is chosen by suffix: ``.json``, ``.csv`` or ``.xlsx``. An empty
     file (no bytes, only whitespace, or only a header row) yields nothing.
     """
     path = Path(path)
+    options = options or ReadOptions()
     suffix = _checked_suffix(path)
     if path.stat().st_size == 0:
         # An empty export is a successful load of nothing, whatever its type.
@@ -75,23 +92,22 @@ def read_file(path: Path) -> Iterator[SourceRecord]:
     if suffix == ".json":
         return _read_json(path)
     if suffix == ".csv":
-        return _read_csv(path)
-    return _read_xlsx(path)
+        return _read_csv(path, options)
+    return _read_xlsx(path, options)
 
 
-def read_header(path: Path) -> list[str] | None:
+def read_header(path: Path, options: ReadOptions | None = None) -> list[str] | None:
     """Return the field names in a CSV or XLSX header row; None for JSON or an empty file."""
     path = Path(path)
+    options = options or ReadOptions()
     suffix = _checked_suffix(path)
     if suffix == ".csv":
-        with _open_csv(path) as f:
-            reader = csv.reader(f, strict=True)
-            header = _csv_header(path, reader)
-        return header
+        dialect = csv_dialect(path, options)
+        with _open_csv(path, dialect) as f:
+            reader = csv.reader(f, delimiter=dialect.delimiter, strict=True)
+            return _csv_header(path, reader, dialect)
     if suffix == ".xlsx":
-        sheet_name, rows = _xlsx_rows(path)
-        header, _ = _xlsx_header(path, sheet_name, rows)
-        return header
+        return _xlsx_sheet(path, options).header
     return None
 
 
@@ -366,25 +382,123 @@ def read_json_part(part: JsonPart, first_position: int) -> Iterator[SourceRecord
 
 # --- CSV -------------------------------------------------------------------------------
 
+# Delimiters a CSV export may use: Excel writes ';' where the decimal mark is a comma,
+# and tab or '|' exports exist too. The csv module's Sniffer chooses among these only.
+CSV_DELIMITERS = ",;\t|"
+_SNIFF_BYTES = 64 * 1024
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
-def _open_csv(path: Path) -> Any:
-    # utf-8-sig drops the byte-order mark Excel writes; newline="" lets csv see
-    # line breaks inside quoted fields.
-    return path.open("r", encoding="utf-8-sig", newline="")
+
+@dataclass(frozen=True)
+class CsvDialect:
+    """How one CSV file is read: its encoding and delimiter."""
+
+    encoding: str  # a Python codec name; utf-8-sig and utf-16 drop their BOM
+    delimiter: str
+    forced_encoding: bool  # given with --encoding (else by BOM, or UTF-8)
 
 
-def _csv_error(path: Path, line: int, exc: Exception) -> SourceError:
-    if isinstance(exc, UnicodeDecodeError):
+def csv_encoding(path: Path, forced: str | None) -> tuple[str, bool]:
+    """The codec to read a CSV with: --encoding, else by its BOM, else UTF-8."""
+    if forced:
+        try:
+            return codecs.lookup(forced).name, True
+        except LookupError:
+            raise ConfigError(
+                f"--encoding {forced!r} is not an encoding Python knows; "
+                "use e.g. cp1252, latin-1 or utf-16"
+            ) from None
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig", False
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16", False  # PowerShell's and Excel's "Unicode text"
+    return "utf-8", False
+
+
+def csv_dialect(path: Path, options: ReadOptions) -> CsvDialect:
+    """The file's encoding and delimiter: as forced by the options, else detected."""
+    encoding, forced = csv_encoding(path, options.encoding)
+    if options.delimiter is not None:
+        delimiter = {"tab": "\t", "\\t": "\t"}.get(options.delimiter, options.delimiter)
+        if len(delimiter) != 1:
+            raise ConfigError(
+                f"--delimiter must be one character (or 'tab'), not {options.delimiter!r}"
+            )
+        return CsvDialect(encoding, delimiter, forced)
+    dialect = CsvDialect(encoding, ",", forced)
+    with path.open("rb") as f:
+        sample_bytes = f.read(_SNIFF_BYTES)
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        sample = decoder.decode(sample_bytes, final=len(sample_bytes) < _SNIFF_BYTES)
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, dialect, exc) from exc
+    if len(sample_bytes) == _SNIFF_BYTES:
+        sample = sample[: sample.rfind("\n") + 1] or sample  # whole lines only
+    try:
+        sniffed = csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        return dialect  # one column, or nothing to tell by: the comma, as exports use
+    header = next(csv.reader(io.StringIO(sample)), [])
+    sniffed_header = next(csv.reader(io.StringIO(sample), delimiter=sniffed), [])
+    # The Sniffer weighs every line alike; the header line decides between near ties.
+    if len(header) > len(sniffed_header):
+        return dialect
+    return CsvDialect(encoding, sniffed, forced)
+
+
+def _open_csv(path: Path, dialect: CsvDialect) -> Any:
+    # newline="" lets csv see line breaks inside quoted fields.
+    return path.open("r", encoding=dialect.encoding, newline="")
+
+
+def _bad_line(path: Path, encoding: str) -> tuple[int, int] | None:
+    """(line number, offending byte) of the first bytes that do not decode, or None.
+
+    The text reader decodes 8 KB at a time, so the csv reader's line is behind
+    the real one: this walks the file's lines as bytes to name the true line.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as exc:
+                return number, line[exc.start] if exc.start < len(line) else line[-1]
+    return None
+
+
+def _decode_error(path: Path, dialect: CsvDialect, exc: UnicodeDecodeError) -> SourceError:
+    where = None
+    if dialect.encoding.replace("_", "-") in ("utf-8", "utf-8-sig") or dialect.forced_encoding:
+        where = _bad_line(path, dialect.encoding)
+    if where is None:
+        place, byte = "", exc.object[exc.start] if exc.start < len(exc.object) else 0
+    else:
+        place, byte = f"line {where[0]}: ", where[1]
+    if dialect.forced_encoding:
         return SourceError(
-            f"{path}: not UTF-8 text near line {line} ({exc.reason}); save the export as CSV UTF-8"
+            f"{path}: {place}byte 0x{byte:02x} is not {dialect.encoding} text; "
+            "give the encoding the file was saved in with --encoding NAME"
         )
+    return SourceError(
+        f"{path}: {place}not UTF-8 text (byte 0x{byte:02x}); a CSV saved by Excel or "
+        "another Windows program is often Windows-1252: load it with --encoding cp1252"
+    )
+
+
+def _csv_error(path: Path, line: int, exc: Exception, dialect: CsvDialect) -> SourceError:
+    if isinstance(exc, UnicodeDecodeError):
+        return _decode_error(path, dialect, exc)
     return SourceError(
         f"{path}: broken CSV in the record starting at line {line} (csv: {exc}); "
         "check for an unclosed quote there, or re-export the file"
     )
 
 
-def _csv_header(path: Path, reader: Any) -> list[str] | None:
+def _csv_header(path: Path, reader: Any, dialect: CsvDialect) -> list[str] | None:
     line = 1
     try:
         for row in reader:
@@ -392,24 +506,32 @@ def _csv_header(path: Path, reader: Any) -> list[str] | None:
                 return _unique_names(row)
             line = reader.line_num + 1
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise _csv_error(path, line, exc) from exc
+        raise _csv_error(path, line, exc, dialect) from exc
     return None
 
 
-def _read_csv(path: Path) -> Iterator[SourceRecord]:
+def describe_dialect(dialect: CsvDialect) -> str:
+    """'semicolon-separated, cp1252': how a CSV was read, for messages."""
+    name = _DELIMITER_NAMES.get(dialect.delimiter, repr(dialect.delimiter))
+    return f"{name}-separated, {dialect.encoding}"
+
+
+def _read_csv(path: Path, options: ReadOptions) -> Iterator[SourceRecord]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    header = read_header(path)
+    dialect = csv_dialect(path, options)
+    with _open_csv(path, dialect) as f:
+        header = _csv_header(path, csv.reader(f, delimiter=dialect.delimiter, strict=True), dialect)
     if header is None:
         return _no_records()
-    return _iter_csv(path, header)
+    return _iter_csv(path, header, dialect)
 
 
-def _iter_csv(path: Path, header: list[str]) -> Iterator[SourceRecord]:
+def _iter_csv(path: Path, header: list[str], dialect: CsvDialect) -> Iterator[SourceRecord]:
     width = len(header)
-    with _open_csv(path) as f:
+    with _open_csv(path, dialect) as f:
         # strict: an unclosed quote fails the file instead of silently swallowing
         # every following line into one field.
-        reader = csv.reader(f, strict=True)
+        reader = csv.reader(f, delimiter=dialect.delimiter, strict=True)
         start = 1
         try:
             for row in reader:
@@ -429,7 +551,7 @@ def _iter_csv(path: Path, header: list[str]) -> Iterator[SourceRecord]:
                     yield start, record
                 start = reader.line_num + 1
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise _csv_error(path, start, exc) from exc
+            raise _csv_error(path, start, exc, dialect) from exc
 
 
 # --- XLSX ------------------------------------------------------------------------------
@@ -445,36 +567,138 @@ XlsxRows = Iterator[tuple[int, list[Any]]]  # (spreadsheet row number, its cells
 XLSX_READ_WHOLE_MAX_BYTES = 32 * 1024 * 1024
 
 
-def _read_xlsx(path: Path) -> Iterator[SourceRecord]:
-    sheet_name, rows = _xlsx_rows(path)
-    header, _ = _xlsx_header(path, sheet_name, rows)
-    return _xlsx_records(rows, header)
+# The header row may sit below up to this many title or blank rows.
+HEADER_SEARCH_ROWS = 11
 
 
-def _xlsx_header(path: Path, sheet_name: str, rows: XlsxRows) -> tuple[list[str], int]:
-    """The header's names and row number: the first row with any cell filled."""
-    for number, cells in rows:
-        values = [_xlsx_value(cell) for cell in cells]
-        if any(value is not None for value in values):
-            if not any(isinstance(value, str) and value.strip() for value in values):
-                raise SourceError(
-                    f"{path}: row {number} of sheet {sheet_name!r} holds no field "
-                    "names; the first row must be the header of OTC field names"
-                )
-            return _unique_names(values), number
+@dataclass
+class XlsxSheet:
+    """The sheet an XLSX export's records are read from, its header, and the rows below it."""
+
+    name: str
+    header: list[str]
+    header_row: int
+    rows: XlsxRows  # the rows after the header
+    close: Callable[[], None]
+
+
+def _read_xlsx(path: Path, options: ReadOptions) -> Iterator[SourceRecord]:
+    sheet = _xlsx_sheet(path, options)
+    return _xlsx_records(sheet)
+
+
+def _xlsx_sheet(path: Path, options: ReadOptions) -> XlsxSheet:
+    """The sheet to read (--sheet, else the first whose header holds the key fields)."""
+    workbook = _open_xlsx(path)
+    try:
+        sheet_names = workbook.sheet_names
+        if options.sheet is not None:
+            candidates = [_sheet_index(path, sheet_names, options.sheet)]
+        else:
+            candidates = list(range(len(sheet_names)))
+        seen: list[str] = []
+        for index in candidates:
+            name = sheet_names[index]
+            rows = workbook.rows(index)
+            found = _xlsx_header(path, name, rows, options.header_fields)
+            if isinstance(found, tuple):
+                header, number = found
+                return XlsxSheet(name, header, number, rows, workbook.close)
+            seen.append(found)
+    except BaseException:
+        workbook.close()
+        raise
+    workbook.close()
+    wanted = ", ".join(repr(f) for f in options.header_fields)
+    others = [n for i, n in enumerate(sheet_names) if i not in candidates]
+    other_text = (
+        f"; the other sheets: {', '.join(repr(n) for n in others)} (choose one with --sheet NAME)"
+        if others
+        else ""
+    )
+    if options.sheet is not None:
+        raise SourceError(
+            f"{path}: {seen[0]}, no header row holding {wanted} in rows 1–{HEADER_SEARCH_ROWS}"
+            f"{other_text}"
+        )
     raise SourceError(
-        f"{path}: the first sheet {sheet_name!r} is empty: no header row of OTC field names"
+        f"{path}: no sheet has a header row holding {wanted} in rows 1–{HEADER_SEARCH_ROWS} "
+        f"({'; '.join(seen)}); is it an export of this view? Choose the sheet with --sheet NAME"
     )
 
 
-def _xlsx_records(rows: XlsxRows, header: list[str]) -> Iterator[SourceRecord]:
-    width = len(header)
+def _sheet_index(path: Path, sheet_names: list[str], wanted: str) -> int:
+    """--sheet NAME or NUMBER (1-based): the sheet's index; a name may differ in case."""
+    if wanted in sheet_names:
+        return sheet_names.index(wanted)
+    if wanted.strip().isdigit() and 1 <= int(wanted) <= len(sheet_names):
+        return int(wanted) - 1
+    folded = [names.folded(n) for n in sheet_names]
+    if names.folded(wanted) in folded:
+        return folded.index(names.folded(wanted))
+    listed = ", ".join(repr(n) for n in sheet_names)
+    raise SourceError(
+        f"{path}: no sheet {wanted!r}; its sheets are {listed} "
+        f"(--sheet takes a name or a number 1–{len(sheet_names)})"
+    )
+
+
+def _shown_cells(values: list[Any]) -> str:
+    shown = [repr(v) for v in values if v is not None][:4]
+    more = ", …" if sum(v is not None for v in values) > 4 else ""
+    return ", ".join(shown) + more
+
+
+def _xlsx_header(
+    path: Path, sheet_name: str, rows: XlsxRows, wanted: tuple[str, ...]
+) -> tuple[list[str], int] | str:
+    """The header's names and row number, or what was read instead (for the error).
+
+    Without ``wanted``: the first row with any cell filled. With it: the first of
+    the sheet's first HEADER_SEARCH_ROWS rows whose names hold every wanted field
+    (compared with case and spacing folded, as the parse stage matches them).
+    """
+    wanted_folded = {names.folded(f) for f in wanted}
+    first_filled: tuple[int, list[Any]] | None = None
     for number, cells in rows:
-        values: list[XlsxCell] = [_xlsx_value(cell) for cell in cells[:width]]
-        if all(value is None for value in values):
-            continue  # a blank spreadsheet row is not a record
-        values.extend([None] * (width - len(values)))
-        yield number, dict(zip(header, values, strict=True))
+        values = [_xlsx_value(cell) for cell in cells]
+        if any(value is not None for value in values):
+            if first_filled is None:
+                first_filled = (number, values)
+            texts = {names.folded(v) for v in values if isinstance(v, str)}
+            if not wanted:
+                if not texts - {""}:
+                    raise SourceError(
+                        f"{path}: row {number} of sheet {sheet_name!r} holds no field "
+                        "names; the header row must hold the OTC field names"
+                    )
+                return _unique_names(values), number
+            if wanted_folded <= texts:
+                return _unique_names(values), number
+        if number >= HEADER_SEARCH_ROWS:
+            break
+    if first_filled is None:
+        if not wanted:
+            raise SourceError(
+                f"{path}: sheet {sheet_name!r} is empty: no header row of OTC field names"
+            )
+        return f"sheet {sheet_name!r} is empty"
+    number, values = first_filled
+    return f"sheet {sheet_name!r} row {number} holds {_shown_cells(values)}"
+
+
+def _xlsx_records(sheet: XlsxSheet) -> Iterator[SourceRecord]:
+    header = sheet.header
+    width = len(header)
+    try:
+        for number, cells in sheet.rows:
+            values: list[XlsxCell] = [_xlsx_value(cell) for cell in cells[:width]]
+            if all(value is None for value in values):
+                continue  # a blank spreadsheet row is not a record
+            values.extend([None] * (width - len(values)))
+            yield number, dict(zip(header, values, strict=True))
+    finally:
+        sheet.close()
 
 
 def _xlsx_value(cell: Any) -> XlsxCell:
@@ -491,12 +715,23 @@ def _xlsx_value(cell: Any) -> XlsxCell:
     return cast(XlsxCell, cell)
 
 
-def _xlsx_rows(path: Path) -> tuple[str, XlsxRows]:
-    """The first sheet's name and its rows, from spreadsheet row 1, read whole or streamed."""
+class _Workbook:
+    """A workbook's sheet names and each sheet's rows from row 1, read whole or streamed."""
+
+    def __init__(
+        self,
+        sheet_names: list[str],
+        rows: Callable[[int], XlsxRows],
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.sheet_names, self.rows, self.close = sheet_names, rows, close
+
+
+def _open_xlsx(path: Path) -> _Workbook:
     size = _largest_sheet_xml(path)
     if size is not None and size > XLSX_READ_WHOLE_MAX_BYTES:
-        return _streamed_xlsx_rows(path)
-    return _whole_xlsx_rows(path)
+        return _streamed_xlsx(path)
+    return _whole_xlsx(path)
 
 
 def _largest_sheet_xml(path: Path) -> int | None:
@@ -521,45 +756,46 @@ def _cannot_open(path: Path, exc: Exception) -> SourceError:
     )
 
 
-def _whole_xlsx_rows(path: Path) -> tuple[str, XlsxRows]:
+def _whole_xlsx(path: Path) -> _Workbook:
     # Imported here: only XLSX loads pay for the Rust extension.
     import python_calamine
 
     try:
         workbook = python_calamine.CalamineWorkbook.from_path(str(path))
-        if not workbook.sheet_names:
-            raise SourceError(f"{path}: workbook has no sheets; re-export the view as XLSX")
-        sheet = workbook.get_sheet_by_index(0)
-    except SourceError:
-        raise
+        sheet_names = list(workbook.sheet_names)
     except Exception as exc:  # noqa: BLE001 - calamine raises several unrelated types
         raise _cannot_open(path, exc) from exc
-    # calamine holds the cells in compact Rust memory and builds Python objects a row
-    # at a time. iter_rows starts at row 1 even when the data starts lower (it trims
-    # empty columns, not rows).
-    return sheet.name, enumerate(sheet.iter_rows(), 1)
+    if not sheet_names:
+        raise SourceError(f"{path}: workbook has no sheets; re-export the view as XLSX")
+
+    def rows(index: int) -> XlsxRows:
+        try:
+            sheet = workbook.get_sheet_by_index(index)
+        except Exception as exc:  # noqa: BLE001 - calamine raises several unrelated types
+            raise _cannot_open(path, exc) from exc
+        # calamine holds the cells in compact Rust memory and builds Python objects a row
+        # at a time. iter_rows starts at row 1 even when the data starts lower (it trims
+        # empty columns, not rows).
+        return enumerate(sheet.iter_rows(), 1)
+
+    return _Workbook(sheet_names, rows)
 
 
-def _streamed_xlsx_rows(path: Path) -> tuple[str, XlsxRows]:
+def _streamed_xlsx(path: Path) -> _Workbook:
     # Imported here: only large XLSX loads need it.
     import openpyxl
 
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-        if not workbook.worksheets:
-            raise SourceError(f"{path}: workbook has no sheets; re-export the view as XLSX")
-        sheet = workbook.worksheets[0]
-    except SourceError:
-        raise
     except Exception as exc:  # noqa: BLE001 - openpyxl raises several unrelated types
         raise _cannot_open(path, exc) from exc
+    if not workbook.worksheets:
+        workbook.close()
+        raise SourceError(f"{path}: workbook has no sheets; re-export the view as XLSX")
 
-    def rows() -> XlsxRows:
-        try:
-            # Read-only rows start at row 1 and fill gaps, like calamine's.
-            for number, cells in enumerate(sheet.iter_rows(values_only=True), 1):
-                yield number, list(cells)
-        finally:
-            workbook.close()
+    def rows(index: int) -> XlsxRows:
+        # Read-only rows start at row 1 and fill gaps, like calamine's.
+        sheet = workbook.worksheets[index]
+        return ((n, list(cells)) for n, cells in enumerate(sheet.iter_rows(values_only=True), 1))
 
-    return sheet.title, rows()
+    return _Workbook([ws.title for ws in workbook.worksheets], rows, workbook.close)
