@@ -246,6 +246,32 @@ def load(
             show_default=False,
         ),
     ] = None,
+    sheet: Annotated[
+        str | None,
+        typer.Option(
+            "--sheet",
+            help="XLSX: the sheet to read, by name or number (default: the first sheet "
+            "whose header holds the view's key fields).",
+            show_default=False,
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str | None,
+        typer.Option(
+            "--delimiter",
+            help="CSV: the delimiter, e.g. ';' or tab (default: detected among , ; tab |).",
+            show_default=False,
+        ),
+    ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            "--encoding",
+            help="CSV: the text encoding, e.g. cp1252 or latin-1 (default: UTF-8, or "
+            "UTF-16 by its byte-order mark).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Load a view (or all) into the database: exit 0 loaded, 3 loaded with rejects, 1 failed.
 
@@ -270,6 +296,9 @@ def load(
             dry_run=dry_run,
             progress=update,
             date_order=date_order,
+            sheet=sheet,
+            delimiter=delimiter,
+            encoding=encoding,
         )
     finally:
         if bar is not None:
@@ -277,6 +306,8 @@ def load(
     for summary in summaries:
         if as_json:
             print_json(summary.as_dict())
+        elif summary.status == "missing":
+            pass  # its warning follows
         elif summary.status == "failed":
             if not logs.is_json():  # else the view_result event on stderr says it
                 typer.echo(f"Error: {summary.view}: {summary.error}", err=True)
@@ -410,10 +441,33 @@ def rejects(
     limit: Annotated[int, typer.Option("--limit", min=1, help="How many rows.")] = 100,
     database_url: DatabaseUrlOption = None,
     as_json: JsonOption = False,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="Count the rejects by view, field and reason (without --run: each "
+            "view's latest run with rejects).",
+        ),
+    ] = False,
 ) -> None:
     """Rejected rows of a run: source position, field, value and reason."""
     from . import commands
 
+    if summary:
+        groups = commands.rejects_summary(database_url, run)
+        if as_json:
+            print_json(groups)
+            return
+        if not groups:
+            typer.echo("no rejected rows")
+        for g in groups:
+            where = repr(g["field"]) if g["field"] else "record"
+            example = f" (first at {g['first_position']}"
+            example += f", e.g. {g['example_value']!r})" if g["example_value"] is not None else ")"
+            typer.echo(
+                f"{g['view']} run {g['run_id']}: {g['count']:>7,} × {where}: {g['reason']}{example}"
+            )
+        return
     rows = commands.rejects(database_url, run, limit)
     if as_json:
         print_json(rows)
@@ -442,6 +496,9 @@ def sample(
         typer.Option("--format", help="File format: json, csv or xlsx.", case_sensitive=False),
     ] = "json",
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same files.")] = 1,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite exports already in DIRECTORY.")
+    ] = False,
 ) -> None:
     """Write realistic synthetic OTC exports (tickets, timesheets, comments) into DIRECTORY."""
     from .errors import ConfigError
@@ -458,6 +515,7 @@ def sample(
         comments=comments,
         fmt=fmt,  # narrowed to SampleFormat by the check above
         seed=seed,
+        force=force,
     )
     for view, path in written.items():
         typer.echo(f"{path}: {counts[view]:,} {view}")

@@ -76,9 +76,14 @@ def load(
     dry_run: bool,
     progress: pipeline.Progress | None = None,
     date_order: str | None = None,
+    sheet: str | None = None,
+    delimiter: str | None = None,
+    encoding: str | None = None,
 ) -> list[pipeline.RunSummary]:
     """Load one view, or all, from a file, a folder of exports, or the OTC API."""
-    options = ReadOptions(date_order=_date_order(date_order))
+    options = ReadOptions(
+        sheet=sheet, delimiter=delimiter, encoding=encoding, date_order=_date_order(date_order)
+    ).checked()
     if view != "all" and view not in VIEWS:
         raise ConfigError(f"unknown view {view!r}; use one of {', '.join(VIEW_ORDER)} or all")
     if source != "api":
@@ -217,6 +222,52 @@ def status_check(
             return freshness.check(
                 session, runs.utcnow(), warn_after=warn_after, error_after=error_after
             )
+
+
+def rejects_summary(database_url: str | None, run_id: int | None) -> list[dict[str, Any]]:
+    """Rejects grouped by view, field and reason, most frequent first.
+
+    Of one run with ``run_id``; else of each view's latest run that rejected any.
+    """
+    with _database(database_url, at_head=True) as engine:
+        with Session(engine) as session:
+            if run_id is not None:
+                run_ids = [run_id]
+            else:
+                latest = (
+                    select(func.max(EtlReject.run_id))
+                    .group_by(EtlReject.view_name)
+                )
+                run_ids = list(session.scalars(latest))
+            if not run_ids:
+                return []
+            query = (
+                select(
+                    EtlReject.view_name,
+                    EtlReject.run_id,
+                    EtlReject.field,
+                    EtlReject.reason,
+                    func.count().label("count"),
+                    func.min(EtlReject.source_position).label("first_position"),
+                    func.min(EtlReject.value).label("example_value"),
+                )
+                .where(EtlReject.run_id.in_(run_ids))
+                .group_by(EtlReject.view_name, EtlReject.run_id, EtlReject.field, EtlReject.reason)
+                .order_by(EtlReject.view_name, func.count().desc(), EtlReject.field)
+            )
+            return [
+                {
+                    "view": row.view_name,
+                    "run_id": row.run_id,
+                    "field": row.field,
+                    "reason": row.reason,
+                    "count": row.count,
+                    "first_position": row.first_position,
+                    "example_value": row.example_value,
+                }
+                for row in session.execute(query)
+            ]
+
 
 
 def status(

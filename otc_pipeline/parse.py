@@ -178,6 +178,7 @@ _SLASHED = re.compile(
     r"(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?(?:\s*([AaPp])\.?[Mm]\.?)?)?$"
 )
 DATE_ORDERS = ("dmy", "mdy")  # OTC_DATE_ORDER / --date-order: how slashed dates read
+OTHER_DATE_ORDER = ", but reads as "  # in the reason of a date valid only in the other order
 # Spreadsheets count days from this date (1900 date system, Lotus's leap-day bug included
 # for every date after February 1900); their largest date is 9999-12-31.
 _EXCEL_EPOCH = datetime(1899, 12, 30)
@@ -252,7 +253,7 @@ class DateTimeCoercer:
             return f"is not a valid {this}"
         that = "month-first" if other == "mdy" else "day-first"
         return (
-            f"is not a valid {this}, but reads as {that}: if the file's dates are "
+            f"is not a valid {this}{OTHER_DATE_ORDER}{that}: if the file's dates are "
             f"{that}, load it with OTC_DATE_ORDER={other} or --date-order {other}"
         )
 

@@ -27,7 +27,7 @@ from . import migrate, runs, users
 from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
-from .parse import Parser, Reject, load_timezone
+from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone
 from .settings import date_order_setting, timezone_name
 from .sources.files import JsonPart, ReadOptions, read_file, read_json_part, split_json
 from .views import VIEW_ORDER, VIEWS, View
@@ -510,6 +510,7 @@ def _run(
                 unknown_fields |= chunk.unknown_fields
                 renamed_fields |= chunk.renamed_fields
                 reasons.update((r.field, r.reason) for r in chunk.rejects)
+                _refuse_other_date_order(chunk.rejects, source_text)
                 if progress is not None:
                     progress(view.name, loader.counts.fetched)
             loader.finish()
@@ -567,6 +568,22 @@ def _run(
     summary.duration_s = round(time.monotonic() - started, 3)
     _close_run(engine, summary)
     return summary
+
+
+def _refuse_other_date_order(rejects: list[Reject], source_text: str) -> None:
+    """Fail the load at a date that reads only in the other order (month-first, say).
+
+    Such a file's dates are all in that order: the ones that also read day-first
+    (01/02/26) would be stored as the wrong day, and loading the file again with
+    the right order would then add them as new entries.
+    """
+    for reject in rejects:
+        if OTHER_DATE_ORDER in reject.reason:
+            raise SourceError(
+                f"{source_text}: {reject.field} {reject.value!r} at position {reject.position} "
+                f"{reject.reason.removeprefix('value ')}; nothing was loaded, since the dates "
+                "that read both ways would be stored as the wrong day"
+            )
 
 
 def _nothing_loaded(summary: RunSummary) -> str:
@@ -630,18 +647,23 @@ def _error_text(exc: BaseException, source_text: str) -> str:
 
 
 def find_view_files(folder: Path) -> dict[str, Path]:
-    """The export file of each view in ``folder`` (tickets.*, timesheets.*, comments.*)."""
+    """The export file of each view in ``folder``: tickets.*, timesheets.*, comments.*.
+
+    Names match whatever their case (`Tickets.CSV`, as Windows tools save them).
+    """
     if not folder.is_dir():
         raise SourceError(
             f"{folder} is not a folder; `otc load all --from` takes a folder of exports"
         )
+    wanted = {f"{name}{suffix}": name for name in VIEW_ORDER for suffix in SUFFIXES}
+    by_view: dict[str, list[Path]] = {}
+    for entry in sorted(folder.iterdir()):
+        name = wanted.get(entry.name.lower())
+        if name is not None and entry.is_file():
+            by_view.setdefault(name, []).append(entry)
     found: dict[str, Path] = {}
     for name in VIEW_ORDER:
-        candidates = [
-            folder / f"{name}{suffix}"
-            for suffix in SUFFIXES
-            if (folder / f"{name}{suffix}").exists()
-        ]
+        candidates = by_view.get(name, [])
         if len(candidates) > 1:
             raise SourceError(
                 f"{folder} holds {' and '.join(c.name for c in candidates)}; keep one export per view"
@@ -653,6 +675,17 @@ def find_view_files(folder: Path) -> dict[str, Path]:
             f"{folder} holds no tickets.*, timesheets.* or comments.* export (.json, .csv, .xlsx)"
         )
     return found
+
+
+def missing_view(name: str, folder: Path) -> RunSummary:
+    """What `load all` reports for a view whose export the folder lacks: a warning, no run."""
+    return RunSummary(
+        view=name,
+        run_id=None,
+        status="missing",
+        source=str(folder),
+        warnings=[f"{folder} holds no {name} export ({name}.json, .csv or .xlsx); not loaded"],
+    )
 
 
 def load_all(
@@ -669,8 +702,11 @@ def load_all(
     if isinstance(source, str) and source == "api":
         plan: list[tuple[str, Source]] = [(name, "api") for name in VIEW_ORDER]
     else:
-        plan = list(find_view_files(Path(source)).items())
+        found = find_view_files(Path(source))
+        plan = list(found.items())
     summaries = []
+    if not (isinstance(source, str) and source == "api"):
+        summaries = [missing_view(n, Path(source)) for n in VIEW_ORDER if n not in found]
     for index, (name, view_source) in enumerate(plan):
         if index and between_views is not None:
             between_views()
@@ -697,4 +733,5 @@ def load_all(
                     retry_later=isinstance(exc, TemporaryRefusal),
                 )
             )
+    summaries.sort(key=lambda summary: VIEW_ORDER.index(summary.view))
     return summaries

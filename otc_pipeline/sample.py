@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .views import COMMENTS, TICKETS, TIMESHEETS
+from .views import COMMENTS, TICKETS, TIMESHEETS, VIEW_ORDER
 
 SampleFormat = Literal["json", "csv", "xlsx"]
 FORMATS: tuple[SampleFormat, ...] = ("json", "csv", "xlsx")
@@ -505,6 +505,18 @@ _Writer = Callable[[Path, list[str], Iterator[Row]], None]
 _WRITERS: dict[str, _Writer] = {"json": _write_json, "csv": _write_csv, "xlsx": _write_xlsx}
 
 
+def _same_name(path: Path) -> Path:
+    """``path``, or the file beside it whose name differs only in case (--force overwrites it).
+
+    Writing timesheets.xlsx beside Timesheets.xlsx would leave the folder with two
+    exports of one view, which `otc load all` refuses.
+    """
+    for entry in path.parent.iterdir():
+        if entry.name.lower() == path.name.lower():
+            return entry
+    return path
+
+
 def write_sample(
     directory: Path,
     *,
@@ -514,12 +526,15 @@ def write_sample(
     fmt: SampleFormat,
     seed: int,
     bad_share: float = 0.0,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Write tickets.<fmt>, timesheets.<fmt> and comments.<fmt> into DIRECTORY.
 
     Returns the path written for each view. ``bad_share`` (0 to 1) makes that
     share of rows invalid on purpose (a missing key, ``'not a date'``, ``'abc'``
-    for a number) for tests of the reject path.
+    for a number) for tests of the reject path. A folder that already holds an
+    export of any view is refused unless ``force`` (then files of the same names
+    are overwritten): real exports must not be replaced by synthetic ones.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown sample format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -538,6 +553,14 @@ def write_sample(
         raise ConfigError(f"at most {capacity:,} distinct timesheet entries; ask for fewer")
 
     directory = Path(directory)
+    if directory.is_dir() and not force:
+        names = {f"{view}{suffix}" for view in VIEW_ORDER for suffix in (".json", ".csv", ".xlsx")}
+        existing = sorted(p.name for p in directory.iterdir() if p.name.lower() in names)
+        if existing:
+            raise ConfigError(
+                f"{directory} already holds {', '.join(existing)}; `otc sample` does not "
+                "overwrite exports: choose an empty folder, or add --force to overwrite"
+            )
     directory.mkdir(parents=True, exist_ok=True)
     world = _World(random.Random(f"{seed}:world"), tickets)
     plan: list[tuple[str, int, list[str], _Generator]] = [
@@ -555,7 +578,7 @@ def write_sample(
         # One generator per view, seeded separately: asking for more comments
         # leaves the tickets and timesheets files unchanged.
         rng = random.Random(f"{seed}:{view}")
-        path = directory / f"{view}.{fmt}"
+        path = _same_name(directory / f"{view}.{fmt}")
         _WRITERS[fmt](path, fields, generate(rng, world, count, fmt, bad_share))
         written[view] = path
     return written

@@ -25,7 +25,7 @@ import json
 import re
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -61,6 +61,21 @@ class ReadOptions:
     # Names the header row must hold (the view's key fields): how an XLSX sheet and its
     # header row are found. Empty: the first sheet, its first row with any cell filled.
     header_fields: tuple[str, ...] = ()
+
+    def checked(self) -> ReadOptions:
+        """These options with --delimiter and --encoding checked (ConfigError) and spelled out."""
+        delimiter = self.delimiter
+        if delimiter is not None:
+            delimiter = {"tab": "\t", "\\t": "\t"}.get(delimiter.lower(), delimiter)
+            if len(delimiter) != 1 or delimiter in "\r\n\"":
+                raise ConfigError(
+                    f"--delimiter must be one character such as ';' or '|' (or 'tab'), "
+                    f"not {self.delimiter!r}"
+                )
+        encoding = self.encoding
+        if encoding is not None:
+            encoding = csv_encoding(Path(), encoding)[0]
+        return replace(self, delimiter=delimiter, encoding=encoding)
 
 # Cells that spill past the header in a CSV row (csv.DictReader's restkey idea):
 # kept, not dropped, so the reject or warning can show them.
@@ -419,14 +434,10 @@ def csv_encoding(path: Path, forced: str | None) -> tuple[str, bool]:
 
 def csv_dialect(path: Path, options: ReadOptions) -> CsvDialect:
     """The file's encoding and delimiter: as forced by the options, else detected."""
+    options = options.checked()
     encoding, forced = csv_encoding(path, options.encoding)
     if options.delimiter is not None:
-        delimiter = {"tab": "\t", "\\t": "\t"}.get(options.delimiter, options.delimiter)
-        if len(delimiter) != 1:
-            raise ConfigError(
-                f"--delimiter must be one character (or 'tab'), not {options.delimiter!r}"
-            )
-        return CsvDialect(encoding, delimiter, forced)
+        return CsvDialect(encoding, options.delimiter, forced)
     dialect = CsvDialect(encoding, ",", forced)
     with path.open("rb") as f:
         sample_bytes = f.read(_SNIFF_BYTES)

@@ -231,5 +231,12 @@ def _sample_export(view: str, rows: int, tmp_path_factory: pytest.TempPathFactor
     if view not in counts:
         raise ValueError(f"unknown view {view!r}: use one of {', '.join(counts)}")
     directory = tmp_path_factory.mktemp(f"otc-sample-{view}")
-    files = write_sample(directory, **counts, fmt="json", seed=rows)
+    files = write_sample(
+        directory,
+        tickets=counts["tickets"],
+        timesheets=counts["timesheets"],
+        comments=counts["comments"],
+        fmt="json",
+        seed=rows,
+    )
     return Path(files[view])
