@@ -364,6 +364,17 @@ def test_month_first_dates_are_named_with_the_setting() -> None:
             parsed = parser.parse(1, ts(**{"TS-Date": text}))
             assert not isinstance(parsed, Reject), parsed
             assert parsed[1][1] == expected
+        # A date that reads both ways is read in the order given, on every path.
+        parsed = parser.parse(1, ts(**{"TS-Date": "01/02/2026", "TS-Modified Time": "01/02/2026 09:30"}))
+        assert not isinstance(parsed, Reject), parsed
+        values = dict(zip(parsed[0].columns, parsed[1], strict=True))
+        if as_text:
+            assert (values["TS-Date"], values["TS-Modified Time"]) == (
+                "2026-01-02 00:00:00",
+                "2026-01-02 09:30:00",
+            )
+        else:
+            assert values["TS-Date"] == datetime(2026, 1, 2)
     # Invalid either way: no hint.
     result = parse_one(ts(**{"TS-Date": "31/31/2026"}))
     assert isinstance(result, Reject) and "reads as" not in result.reason
