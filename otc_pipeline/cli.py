@@ -317,7 +317,7 @@ def load(
             _print_reasons(summary)
             if summary.rejected and summary.run_id is not None:
                 typer.echo(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
-        if not as_json:
+        if not as_json and not logs.is_json():  # else view_warning events say them
             for warning in summary.warnings:
                 typer.echo(f"warning: {summary.view}: {warning}", err=True)
     from .pipeline import worst_exit_code
