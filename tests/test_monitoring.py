@@ -381,10 +381,14 @@ def test_json_logs_one_object_per_event(db_url: str, tmp_path: Path) -> None:
     assert [e["event"] for e in events] == [
         "load_started",
         "view_result",
+        "view_result",  # timesheets: missing from the folder, and named in a warning
+        "view_warning",
         "view_result",
         "load_finished",
     ]
-    started, tickets, comments, finished = events
+    started, tickets, missing, missing_warning, comments, finished = events
+    assert missing["view"] == "timesheets" and missing["status"] == "missing"
+    assert "holds no timesheets export" in missing_warning["message"]
     assert started["view"] == "all" and started["source"] == str(folder)
     assert "@" not in started["database"]
     assert (
