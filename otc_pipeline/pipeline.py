@@ -27,9 +27,18 @@ from . import migrate, runs, users
 from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
-from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone
+from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone, match_fields
 from .settings import date_order_setting, timezone_name
-from .sources.files import JsonPart, ReadOptions, read_file, read_json_part, split_json
+from .sources.files import (
+    JsonPart,
+    ReadOptions,
+    csv_dialect,
+    describe_dialect,
+    read_file,
+    read_header,
+    read_json_part,
+    split_json,
+)
 from .views import VIEW_ORDER, VIEWS, View
 
 # Measured on 100k timesheets (first load / reload): 5k 1.86 / 1.50 s, 10k 1.89 / 1.42 s,
@@ -142,8 +151,13 @@ def _records(
         yield from enumerate(source, start=1)
 
 
-def _check_first_record(view: View, parser: Parser, record: Any, source: str) -> None:
-    """Refuse a source whose records cannot be this view's: a missing key column or another view."""
+def _check_first_record(
+    view: View, parser: Parser, record: Any, source: str, hint: Callable[[], str] = str
+) -> None:
+    """Refuse a source whose records cannot be this view's: a missing key column or another view.
+
+    ``hint()`` says how the file was read (a CSV's delimiter and encoding), for the error.
+    """
     if not isinstance(record, dict):
         return
     plan = parser.plan_for(tuple(record))
@@ -151,14 +165,28 @@ def _check_first_record(view: View, parser: Parser, record: Any, source: str) ->
         return
     fields = set(record)
     for other in VIEWS.values():
-        if other is not view and set(other.required) <= fields:
+        if other is not view and set(other.required) <= set(match_fields(other, fields)[0]):
             raise SourceError(
                 f"{source} looks like a {other.name} export, not {view.name}; "
                 f"load it with `otc load {other.name}`"
             )
     raise SourceError(
         f"{source} has no {plan.missing_required!r} field, which every {view.name} record needs; "
-        f"is it a {view.name} export?"
+        f"is it a {view.name} export?{hint()}"
+    )
+
+
+def _read_as(source: Source | JsonPart, options: ReadOptions) -> str:
+    """How a CSV source was read, for an error about its header ("" for other sources)."""
+    if not isinstance(source, str | Path) or Path(source).suffix.lower() != ".csv":
+        return ""
+    dialect = csv_dialect(Path(source), options)
+    shown = ", ".join(repr(name) for name in read_header(Path(source), options) or [])
+    if len(shown) > 120:
+        shown = shown[:120] + "…"
+    return (
+        f" Its header read as {describe_dialect(dialect)} holds {shown}: if the file uses "
+        "another delimiter or encoding, give --delimiter or --encoding"
     )
 
 
@@ -189,7 +217,9 @@ def parsed_chunks(
     first = first_position == 1  # a second half's first record is no sample of the file
     for position, record in _records(view, source, first_position, options):
         if first:
-            _check_first_record(view, parser, record, source_text)
+            _check_first_record(
+                view, parser, record, source_text, lambda: _read_as(source, options)
+            )
             first = False
         parsed = parser.parse(position, record)
         if isinstance(parsed, Reject):

@@ -236,3 +236,16 @@ def test_sample_refuses_to_overwrite_exports_without_force(tmp_path: Path) -> No
     )
     assert forced.exit_code == 0, forced.output
     assert (folder / "Timesheets.xlsx").read_bytes() != b"a real export"
+
+
+def test_a_header_read_wrongly_says_how_it_was_read(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'otc.db'}"
+    path = tmp_path / "timesheets.csv"
+    path.write_text(HEADER.replace(",", ";") + "\ndjewell;05/01/2026;07:00;08:00;;1\n")
+    result = otc("load", "timesheets", "--from", path, "--database-url", url, "--delimiter", ",")
+    assert result.exit_code == 1
+    assert "has no 'TS-User Username' field" in result.stderr
+    assert "Its header read as comma-separated, utf-8 holds 'TS-User Username;TS-Date;" in (
+        result.stderr
+    )
+    assert "give --delimiter or --encoding" in result.stderr
