@@ -24,7 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine
 
 from . import migrate, runs, users
-from .db import connection
+from .db import connection, schema_lock
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
 from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone, match_fields
@@ -112,7 +112,12 @@ def ensure_schema(engine: Engine | Connection) -> None:
         if isinstance(engine, Connection):
             # A caller's transaction is no place for a whole schema migration.
             raise SchemaNotReady("the database is empty; run `otc db upgrade` first")
-        migrate.upgrade(engine, "head")
+        # Another first load may be creating it right now: the upgrade waits for it,
+        # then finds the schema at head and does nothing.
+        with schema_lock(engine):
+            state = migrate.state(engine)
+            if state == "empty":
+                migrate.upgrade(engine, "head")
     elif state == "legacy":
         raise SchemaNotReady(
             "this is a legacy servicedesk database that otc-pipeline has not adopted yet; "
@@ -444,6 +449,8 @@ def load_view(
     dry_run: bool = False,
     progress: Progress | None = None,
     options: ReadOptions | None = None,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Load one view from ``source`` (a file, "api", or an iterable of records).
 
@@ -451,7 +458,9 @@ def load_view(
     date order); the date order defaults to OTC_DATE_ORDER.
 
     Given a Connection inside a transaction (the ``otc_load`` test fixture does
-    this), everything runs in SAVEPOINTs on it and nothing is committed.
+    this), everything runs in SAVEPOINTs on it and nothing is committed. A view
+    held by another load raises LoadLocked at once, or after waiting up to
+    ``wait_s`` seconds for that load to end (``on_wait`` hears that it waits).
     """
     if view_name not in VIEWS:
         raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEW_ORDER)} or all")
@@ -475,10 +484,11 @@ def load_view(
             engine, view, source, source_text, None, chunk_size, True, progress, timezone, options
         )
     ensure_schema(engine)
-    with runs.view_lock(engine, view.name):
-        run_id = runs.open_run(engine, view.name, source_text)
+    # The load runs on the lock's own connection: the lock ends exactly when it does.
+    with runs.view_lock(engine, view.name, wait_s=wait_s, on_wait=on_wait) as conn:
+        run_id = runs.open_run(conn, view.name, source_text)
         return _run(
-            engine,
+            conn,
             view,
             source,
             source_text,
@@ -727,8 +737,14 @@ def load_all(
     progress: Progress | None = None,
     between_views: Callable[[], None] | None = None,
     options: ReadOptions | None = None,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[RunSummary]:
-    """Load every view from a folder of exports or the API; a failed view does not stop the rest."""
+    """Load every view from a folder of exports or the API; a failed view does not stop the rest.
+
+    A view held by another load is refused (exit code 75 in its summary) or waited
+    for up to ``wait_s`` seconds; the other views still load.
+    """
     if isinstance(source, str) and source == "api":
         plan: list[tuple[str, Source]] = [(name, "api") for name in VIEW_ORDER]
     else:
@@ -750,6 +766,8 @@ def load_all(
                     dry_run=dry_run,
                     progress=progress,
                     options=options,
+                    wait_s=wait_s,
+                    on_wait=on_wait,
                 )
             )
         except OtcError as exc:
