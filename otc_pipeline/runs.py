@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, insert, select, text, update
 
+from . import logs
 from .db import (
     LOCK_POLL_S,
     WRITER,
@@ -25,7 +26,6 @@ from .db import (
     transaction,
     try_advisory_lock,
 )
-from . import logs
 from .errors import LoadLocked
 from .models import EtlRun
 
