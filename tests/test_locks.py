@@ -268,6 +268,8 @@ def _lock_holders(conn: Any, view: str) -> list[int]:
             text(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
                 " AND classid = :high AND objid = :low"
+                # pg_locks is the whole server's: other tests load tickets elsewhere.
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
             {"high": key >> 32, "low": key & 0xFFFFFFFF},
         )
