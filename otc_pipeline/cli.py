@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -57,6 +59,23 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def output_closed() -> None:
+    """The reader of our output went away (``otc runs | head -1``): stop quietly.
+
+    Like a Unix tool killed by SIGPIPE: no message, exit 141 (128 + SIGPIPE).
+    Later writes, and Python's flush at exit, go to /dev/null instead of
+    failing again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+    os.close(devnull)
+    raise typer.Exit(128 + signal.SIGPIPE)
+
+
 def handle_errors(func: F) -> F:
     """Turn OtcError (and unexpected errors) into one Error: line and an exit code."""
 
@@ -66,6 +85,8 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            output_closed()
         except OtcError as exc:
             if _state["debug"]:
                 traceback.print_exc()
@@ -275,19 +296,35 @@ def load(
             show_default=False,
         ),
     ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            metavar="SECONDS",
+            help="If another load of the view is running, wait up to SECONDS for it to "
+            "end instead of exiting 75 at once.",
+        ),
+    ] = 0,
 ) -> None:
     """Load a view (or all) into the database: exit 0 loaded, 3 loaded with rejects, 1 failed.
 
     Exit codes: 0 every view loaded; 3 loaded, but some rows were rejected; 1 a view
     failed (nothing of it was committed); 2 usage or configuration error; 75 refused
-    for now, a later run clears it (another load holds the view, the API breaker is
-    open, the hourly request cap is reached); 128+N stopped by signal N (130 Ctrl-C,
-    143 SIGTERM). With all, the worst code wins: 1, then 75, then 3.
+    for now, a later run clears it (another load holds the view — or give --wait —,
+    the API breaker is open, the hourly request cap is reached); 128+N stopped by
+    signal N (130 Ctrl-C, 143 SIGTERM; 141 the output was closed, as in `| head`).
+    With all, the worst code wins: 1, then 75, then 3.
     """
     from . import commands, logs
 
     show_progress = not as_json and sys.stderr.isatty() and not logs.is_json()
     bar, update = _progress_printer() if show_progress else (None, None)
+
+    def waiting(message: str) -> None:
+        if not logs.is_json():  # else the view_waiting event on stderr says it
+            typer.echo(message, err=True)
+
     if bar is not None:
         bar.start()
     stopped: Stopped | None = None
@@ -303,6 +340,8 @@ def load(
             sheet=sheet,
             delimiter=delimiter,
             encoding=encoding,
+            wait_s=wait,
+            on_wait=waiting,
         )
     except Stopped as exc:
         # What ran before the signal is still reported: committed views stay committed.

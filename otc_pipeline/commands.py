@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from . import freshness, migrate, pipeline, runs
-from .db import connect_engine
+from .db import connect_engine, schema_lock
 from .errors import ConfigError, SchemaNotReady, SourceError
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
 from .settings import database_setting, date_order_setting, mask_url
@@ -45,12 +45,13 @@ def _database(database_url: str | None, *, at_head: bool = False) -> Iterator[En
 
 
 def db_upgrade(database_url: str | None, revision: str = "head") -> str:
-    with _database(database_url) as engine:
+    # Schema changes wait for each other (and for a first load creating the schema).
+    with _database(database_url) as engine, schema_lock(engine):
         return migrate.upgrade(engine, revision)
 
 
 def db_downgrade(database_url: str | None, revision: str) -> str:
-    with _database(database_url) as engine:
+    with _database(database_url) as engine, schema_lock(engine):
         return migrate.downgrade(engine, revision)
 
 
@@ -60,7 +61,7 @@ def db_current(database_url: str | None) -> str:
 
 
 def db_adopt(database_url: str | None, *, dry_run: bool = False) -> str:
-    with _database(database_url) as engine:
+    with _database(database_url) as engine, schema_lock(engine):
         return migrate.adopt(engine, dry_run=dry_run)
 
 
@@ -79,6 +80,8 @@ def load(
     sheet: str | None = None,
     delimiter: str | None = None,
     encoding: str | None = None,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[pipeline.RunSummary]:
     """Load one view, or all, from a file, a folder of exports, or the OTC API."""
     options = ReadOptions(
@@ -121,6 +124,8 @@ def load(
                 progress=progress,
                 between_views=between,
                 options=options,
+                wait_s=wait_s,
+                on_wait=on_wait,
             )
         else:
             summaries = [
@@ -132,6 +137,8 @@ def load(
                     dry_run=dry_run,
                     progress=progress,
                     options=options,
+                    wait_s=wait_s,
+                    on_wait=on_wait,
                 )
             ]
         # Once every view's transaction is over: log events, alerts, the metrics file.
@@ -234,10 +241,7 @@ def rejects_summary(database_url: str | None, run_id: int | None) -> list[dict[s
             if run_id is not None:
                 run_ids = [run_id]
             else:
-                latest = (
-                    select(func.max(EtlReject.run_id))
-                    .group_by(EtlReject.view_name)
-                )
+                latest = select(func.max(EtlReject.run_id)).group_by(EtlReject.view_name)
                 run_ids = list(session.scalars(latest))
             if not run_ids:
                 return []
@@ -267,7 +271,6 @@ def rejects_summary(database_url: str | None, run_id: int | None) -> list[dict[s
                 }
                 for row in session.execute(query)
             ]
-
 
 
 def status(
@@ -375,5 +378,5 @@ def users_refresh(database_url: str | None) -> dict[str, Any]:
 
     with _database(database_url, at_head=True) as engine:
         # A timesheets load refreshes user_lookup too: never both at once.
-        with runs.view_lock(engine, "timesheets"), engine.begin() as conn:
+        with runs.view_lock(engine, "timesheets") as conn, conn.begin():
             return users.refresh(conn)

@@ -37,8 +37,12 @@ class TemporaryRefusal(OtcError):
     exit_code = 75
 
 
-class LoadLocked(OtcError):
-    """Another load of the same view is running."""
+class LoadLocked(TemporaryRefusal):
+    """Another load of the same view is running: a later run (or ``--wait``) gets in."""
+
+
+class DatabaseBusy(TemporaryRefusal):
+    """SQLite: another process kept the database's write lock past the busy timeout."""
 
 
 class ApiError(SourceError):

@@ -30,7 +30,7 @@ import setproctitle
 from sqlalchemy import Connection, Engine, select
 
 from . import migrate, runs, stopping, users
-from .db import connection
+from .db import connection, schema_lock
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
 from .models import EtlRun
@@ -119,7 +119,12 @@ def ensure_schema(engine: Engine | Connection) -> None:
         if isinstance(engine, Connection):
             # A caller's transaction is no place for a whole schema migration.
             raise SchemaNotReady("the database is empty; run `otc db upgrade` first")
-        migrate.upgrade(engine, "head")
+        # Another first load may be creating it right now: the upgrade waits for it,
+        # then finds the schema at head and does nothing.
+        with schema_lock(engine):
+            state = migrate.state(engine)
+            if state == "empty":
+                migrate.upgrade(engine, "head")
     elif state == "legacy":
         raise SchemaNotReady(
             "this is a legacy servicedesk database that otc-pipeline has not adopted yet; "
@@ -507,6 +512,8 @@ def load_view(
     dry_run: bool = False,
     progress: Progress | None = None,
     options: ReadOptions | None = None,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Load one view from ``source`` (a file, "api", or an iterable of records).
 
@@ -517,7 +524,9 @@ def load_view(
     this), everything runs in SAVEPOINTs on it and nothing is committed.
     Ctrl-C, SIGTERM or SIGHUP before the commit rolls the view back, closes its
     run ``failed`` and raises :class:`~otc_pipeline.stopping.Stopped`; one that
-    arrives once the commit has begun waits until the summary is returned.
+    arrives once the commit has begun waits until the summary is returned. A view
+    held by another load raises LoadLocked at once, or after waiting up to
+    ``wait_s`` seconds for that load to end (``on_wait`` hears that it waits).
     """
     if view_name not in VIEWS:
         raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEW_ORDER)} or all")
@@ -550,14 +559,16 @@ def load_view(
                 timezone,
                 options,
                 guard,
+                engine,
             )
         ensure_schema(engine)
-        with runs.view_lock(engine, view.name):
+        # The load runs on the lock's own connection: the lock ends exactly when it does.
+        with runs.view_lock(engine, view.name, wait_s=wait_s, on_wait=on_wait) as conn:
             # A signal during these few statements waits: the run it opens is then closed.
             with stopping.held():
-                run_id = runs.open_run(engine, view.name, source_text)
+                run_id = runs.open_run(conn, view.name, source_text)
             return _run(
-                engine,
+                conn,
                 view,
                 source,
                 source_text,
@@ -568,6 +579,7 @@ def load_view(
                 timezone,
                 options,
                 guard,
+                engine,
             )
 
 
@@ -583,7 +595,15 @@ def _run(
     timezone: Any,
     options: ReadOptions,
     guard: stopping.Guard,
+    closer: Engine | Connection,
 ) -> RunSummary:
+    """Load ``view`` on ``engine`` (the view lock's connection) and record the run.
+
+    A run that fails is closed, and whether an interrupted commit happened is read,
+    through ``closer``: the caller's Engine (a fresh connection, since the load's
+    own may be the one that was lost) or the caller's Connection (the test fixture's
+    transaction, which alone can see the run).
+    """
     started = time.monotonic()
     summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
     loader: ViewLoader | None = None
@@ -687,7 +707,7 @@ def _run(
                 load_once(conn, may_split=False)
     except (Exception, KeyboardInterrupt) as exc:
         signum = stopping.received() or _interrupting_signal(exc)
-        if commit_begun and _run_committed(engine, summary):
+        if commit_begun and _run_committed(closer, summary):
             # Whatever broke off (a signal, a lost connection), the commit happened:
             # the run row, written in the same transaction, says so.
             return summary
@@ -702,7 +722,7 @@ def _run(
         summary.inserted = summary.updated = summary.unchanged = 0
         summary.duration_s = round(time.monotonic() - started, 3)
         with stopping.held():
-            _close_run(engine, summary)
+            _close_run(closer, summary)
         if signum:
             raise stopping.Stopped(signum, [summary]) from exc
         return summary
@@ -868,11 +888,15 @@ def load_all(
     progress: Progress | None = None,
     between_views: Callable[[], None] | None = None,
     options: ReadOptions | None = None,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[RunSummary]:
     """Load every view from a folder of exports or the API; a failed view does not stop the rest.
 
     A stop signal does: the view it interrupts rolls back, no later view starts,
-    and :class:`~otc_pipeline.stopping.Stopped` carries the summaries so far.
+    and :class:`~otc_pipeline.stopping.Stopped` carries the summaries so far. A
+    view held by another load is refused (exit code 75 in its summary) or waited
+    for up to ``wait_s`` seconds; the other views still load.
     """
     if isinstance(source, str) and source == "api":
         plan: list[tuple[str, Source]] = [(name, "api") for name in VIEW_ORDER]
@@ -904,6 +928,8 @@ def load_all(
                         dry_run=dry_run,
                         progress=progress,
                         options=options,
+                        wait_s=wait_s,
+                        on_wait=on_wait,
                     )
                 )
             except stopping.Stopped as stop:

@@ -6,19 +6,26 @@ committed even when its load rolls back. Times are stored as naive UTC.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
-import zlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO
 
 from sqlalchemy import Connection, Engine, insert, select, text, update
 
-from .db import connection, transaction
+from . import logs
+from .db import (
+    LOCK_POLL_S,
+    WRITER,
+    advisory_key,
+    connection,
+    flock_now,
+    lock_file,
+    release_advisory_lock,
+    transaction,
+    try_advisory_lock,
+)
 from .errors import LoadLocked
 from .models import EtlRun
 
@@ -27,11 +34,6 @@ INTERRUPTED_MESSAGE = "the process running this load stopped before it finished"
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _advisory_key(view_name: str) -> int:
-    # A fixed high half keeps our locks apart from other applications' advisory locks.
-    return (0x07C0 << 32) | zlib.crc32(f"otc-pipeline:{view_name}".encode())
 
 
 _memory_locks: dict[str, threading.Lock] = {}
@@ -53,63 +55,108 @@ def _running_description(engine: Engine | Connection, view_name: str) -> str:
     )
 
 
+def _held(engine: Engine | Connection, view_name: str, waited_s: float) -> LoadLocked:
+    running = _running_description(engine, view_name)
+    if waited_s > 0:
+        return LoadLocked(f"{running}, still after waiting {waited_s:g} s; run again later")
+    return LoadLocked(f"{running}; wait for it to finish, then run again (or use --wait SECONDS)")
+
+
+def _take(
+    engine: Engine | Connection,
+    view_name: str,
+    try_once: Callable[[], bool],
+    wait_s: float,
+    on_wait: Callable[[str], None] | None,
+) -> None:
+    """Take a lock with ``try_once``, trying again for up to ``wait_s`` seconds; else LoadLocked."""
+    if try_once():
+        return
+    if wait_s <= 0:
+        raise _held(engine, view_name, 0)
+    running = _running_description(engine, view_name)
+    message = f"waiting up to {wait_s:g} s: {running}"
+    logs.event("view_waiting", message, view=view_name, printed=True)
+    if on_wait is not None:
+        on_wait(message)
+    # Polled (every LOCK_POLL_S) rather than blocking, so that Ctrl-C is heard at once.
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(LOCK_POLL_S)
+        if try_once():
+            return
+    raise _held(engine, view_name, wait_s)
+
+
 @contextmanager
-def view_lock(engine: Engine | Connection, view_name: str) -> Iterator[None]:
-    """Hold the view's load lock, or fail at once naming the load that holds it."""
-    if engine.dialect.name == "postgresql" and isinstance(engine, Connection):
-        # The caller owns this connection's transaction: take a lock that it ends.
-        key = _advisory_key(view_name)
-        if not engine.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
-            raise LoadLocked(
-                f"{_running_description(engine, view_name)}; wait for it to finish, then run again"
-            )
-        yield
-        return
-    if engine.dialect.name == "postgresql" and isinstance(engine, Engine):
-        with engine.connect() as conn:
-            key = _advisory_key(view_name)
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            conn.commit()
-            if not got:
-                raise LoadLocked(
-                    f"{_running_description(engine, view_name)}; wait for it to finish, then run again"
+def view_lock(
+    engine: Engine | Connection,
+    view_name: str,
+    *,
+    wait_s: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[Connection]:
+    """Hold the view's load lock; yield the connection the load must run on.
+
+    The lock belongs to that connection (PostgreSQL: a session advisory lock on it),
+    so it ends exactly when the load's connection does: a terminated connection
+    ends the load with it and can never leave a load running unlocked. On SQLite
+    a lock file beside the database (the OS releases it when the process dies), and
+    the connection's transactions take the write lock at BEGIN. A view held by
+    another load fails at once naming it (LoadLocked, exit 75), or after waiting
+    up to ``wait_s`` seconds for it, telling ``on_wait`` first.
+    """
+    if isinstance(engine, Connection):
+        conn = engine
+        if engine.dialect.name == "postgresql":
+            # The caller owns this connection's transaction: take a lock that it ends.
+            key = advisory_key(view_name)
+
+            def try_xact_lock() -> bool:
+                return bool(
+                    conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar()
                 )
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+
+            _take(engine, view_name, try_xact_lock, wait_s, on_wait)
+            yield conn
+            return
+        with _sqlite_view_lock(engine, view_name, wait_s, on_wait):
+            yield conn
         return
-    database = engine.engine.url.database
-    if not database or database == ":memory:":
+    if engine.dialect.name == "postgresql":
+        key = advisory_key(view_name)
+        with engine.connect() as conn:
+            _take(engine, view_name, lambda: try_advisory_lock(conn, key), wait_s, on_wait)
+            try:
+                yield conn
+            finally:
+                release_advisory_lock(conn, key)
+        return
+    with _sqlite_view_lock(engine, view_name, wait_s, on_wait):
+        with engine.connect() as conn:
+            yield conn.execution_options(**{WRITER: True})
+
+
+@contextmanager
+def _sqlite_view_lock(
+    engine: Engine | Connection,
+    view_name: str,
+    wait_s: float,
+    on_wait: Callable[[str], None] | None,
+) -> Iterator[None]:
+    path = lock_file(engine, view_name)
+    if path is None:
         lock = _memory_locks.setdefault(f"{id(engine.engine)}:{view_name}", threading.Lock())
-        if not lock.acquire(blocking=False):
-            raise LoadLocked(f"{_running_description(engine, view_name)}; wait for it to finish")
+        _take(engine, view_name, lambda: lock.acquire(blocking=False), wait_s, on_wait)
         try:
             yield
         finally:
             lock.release()
         return
-    # SQLite: a lock file beside the database; the OS releases it if the process dies.
-    path = Path(f"{database}.{view_name}.lock")
-    handle: IO[str] = open(path, "a")  # noqa: SIM115 - held for the whole load
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LoadLocked(
-                f"{_running_description(engine, view_name)}; wait for it to finish, then run again"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    finally:
-        handle.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    # Never removed (see lock_file); closing the file releases the lock.
+    with open(path, "a") as handle:
+        _take(engine, view_name, lambda: flock_now(handle), wait_s, on_wait)
+        yield
 
 
 def open_run(engine: Engine | Connection, view_name: str, source: str) -> int:
