@@ -28,11 +28,20 @@ from typing import Any, cast
 
 import setproctitle
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import migrate, runs, stopping, users
 from .db import connection, schema_lock
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
-from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
+from .load import (
+    SECOND_HALF,
+    ChunkEncoder,
+    LoadCounts,
+    ParsedChunk,
+    ViewLoader,
+    database_failure,
+    seen_before,
+)
 from .models import EtlRun
 from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone, match_fields
 from .settings import date_order_setting, timezone_name
@@ -222,7 +231,7 @@ def parsed_chunks(
     options = options or ReadOptions()
     parser = Parser(view, timezone, as_text=for_copy, date_order=options.date_order or "dmy")
     if encoder is None:
-        encoder = ChunkEncoder(for_copy)
+        encoder = ChunkEncoder(view, for_copy)
     rejects: list[Reject] = []
     records = 0
     # Each record is parsed as it arrives and then let go: a chunk holds parsed rows only.
@@ -340,7 +349,7 @@ def _produce(
     _become_reader(sender, parent_pid, f"otc-read-{view_name}" + (f"-{half}" if half else ""))
     collect_rarely()
     try:
-        encoder = ChunkEncoder(for_copy, keep_key_hashes=half == "second")
+        encoder = ChunkEncoder(VIEWS[view_name], for_copy, keep_key_hashes=half == "second")
         records = 0
         for chunk in parsed_chunks(
             VIEWS[view_name],
@@ -643,14 +652,13 @@ def _run(
         reasons.clear()
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
         try:
-            loader = ViewLoader(conn, view, run_id)
+            is_api = isinstance(source, str) and source == "api"
+            loader = ViewLoader(conn, view, run_id, merge_while_reading=not is_api)
             # Only a reload reads a file in halves: a first load merges chunks in order.
             halves = None
             if may_split and not loader.merges_as_it_reads and isinstance(source, str | Path):
                 if source != "api":
                     halves = split_json(Path(source), SPLIT_MIN_BYTES)
-            if halves is not None:
-                loader.compare_at_end()
             chunks = _chunks(
                 view,
                 source,
@@ -722,7 +730,7 @@ def _run(
         summary.inserted = summary.updated = summary.unchanged = 0
         summary.duration_s = round(time.monotonic() - started, 3)
         with stopping.held():
-            _close_run(closer, summary)
+            _close_failed_run(closer, summary)
         if signum:
             raise stopping.Stopped(signum, [summary]) from exc
         return summary
@@ -810,6 +818,30 @@ def _close_run(engine: Engine | Connection, summary: RunSummary) -> None:
     )
 
 
+# How long a failed run's record waits for a database that went away (a restart).
+CLOSE_RUN_PATIENCE_S = 30.0
+
+
+def _close_failed_run(engine: Engine | Connection, summary: RunSummary) -> None:
+    """Close a failed run; after a lost connection, once the server answers again.
+
+    A server restart fails the load at once, while the server is still starting:
+    its run's record is written when it is back (within CLOSE_RUN_PATIENCE_S),
+    else left `running`, for the next load of the view to mark `interrupted`.
+    """
+    deadline = time.monotonic() + CLOSE_RUN_PATIENCE_S
+    while True:
+        try:
+            _close_run(engine, summary)
+            return
+        except OperationalError as exc:
+            # No SQLSTATE: no connection (refused, closed); 57P03: still starting up.
+            unreachable = getattr(exc.orig, "pgcode", None) in (None, "57P03")
+            if isinstance(engine, Connection) or not unreachable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def after_load(conn: Connection, view: View, summary: RunSummary, counts: LoadCounts) -> None:
     """Work that belongs to a view's load transaction once its rows are merged."""
     if view.name == "timesheets" and (counts.inserted or counts.updated):
@@ -831,6 +863,8 @@ def _error_text(exc: BaseException, source_text: str) -> str:
         return str(exc)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by the user"
+    if isinstance(exc, DBAPIError):
+        return str(database_failure(exc))
     orig = getattr(exc, "orig", None)
     detail = str(orig if orig is not None else exc).strip().splitlines()
     first = detail[0] if detail else type(exc).__name__
