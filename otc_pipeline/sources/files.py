@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import re
+import stat
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -34,6 +35,7 @@ import ijson
 
 from .. import names
 from ..errors import ConfigError, SourceError
+from .json_guard import GuardedFile
 
 SourceRecord = tuple[int, dict[str, Any]]
 """(source position, raw record as read).
@@ -143,6 +145,14 @@ def _check_readable(path: Path) -> None:
         raise SourceError(f"{path}: file does not exist; check the path")
     if path.is_dir():
         raise SourceError(f"{path}: is a folder, not a file; give the export file itself")
+    mode = path.stat().st_mode  # of the target, when the path is a symbolic link
+    if not stat.S_ISREG(mode):
+        # A device or FIFO has no size: read as "empty", it would load as a fresh
+        # success of nothing (or never end: /dev/zero, /dev/urandom).
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise SourceError(
+            f"{path}: is {kind}, not a regular file; save the export to a file and load that"
+        )
 
 
 def _unique_names(cells: list[Any]) -> list[str]:
@@ -209,7 +219,7 @@ def _json_items_prefix(path: Path, start: int) -> str:
     with path.open("rb") as f:
         f.seek(start)
         try:
-            for prefix, event, value in ijson.parse(f):
+            for prefix, event, value in ijson.parse(GuardedFile(f)):
                 if event == "start_array" and prefix in _JSON_ARRAY_PATHS:
                     return _JSON_ARRAY_PATHS[prefix]
                 if prefix == "" and event == "map_key" and len(top_keys) < 10:
@@ -325,7 +335,7 @@ def _first_field(path: Path, start: int, prefix: str) -> str | None:
     with path.open("rb") as f:
         f.seek(start)
         try:
-            for event_prefix, event, value in ijson.parse(f):
+            for event_prefix, event, value in ijson.parse(GuardedFile(f)):
                 if event_prefix == prefix and event == "map_key":
                     return str(value)
                 if event_prefix == prefix and event != "start_map":
@@ -385,11 +395,15 @@ def read_json_part(part: JsonPart, first_position: int) -> Iterator[SourceRecord
     fails at the latest on its last bytes.
     """
     f = _SplicedFile(part)
+    guarded = GuardedFile(f)
     try:
         # ijson.items builds each record in C; numbers that are not integers arrive
-        # as Decimal, which keeps hours such as 0.1 exact.
-        yield from enumerate(ijson.items(f, part.prefix), first_position)
-    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        # as Decimal, which keeps hours such as 0.1 exact. The guard keeps hostile
+        # values from it and makes a record that held one a RefusedRecord.
+        records = map(guarded.guard.checked, ijson.items(guarded, part.prefix))
+        yield from enumerate(records, first_position)
+    except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
+        # ArithmeticError: decimal refuses a number such as 1e99999999999999999999.
         raise _json_error(part.path, f, exc) from exc
     finally:
         f.close()
