@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,39 +42,51 @@ class Load:
     seconds: float
 
 
+# Runs the command under RLIMIT_AS and writes its peak RSS (KB) to the file named
+# first. A small launcher, not pytest itself, forks it: a child forked from pytest
+# counts pytest's own pages in its peak until it execs.
+_LAUNCHER = """
+import resource, subprocess, sys
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+code = subprocess.call(sys.argv[3:])
+with open(sys.argv[1], "w") as out:
+    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_load(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Load:
-    """`otc load …` in a subprocess under RLIMIT_AS; its peak RSS from wait4."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-
+    """`otc load …` in a subprocess under RLIMIT_AS, with its peak RSS (readers included)."""
     started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "otc_pipeline", "load", *args],
-            stdout=out,
-            stderr=err,
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch) / "peak"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _LAUNCHER,
+                str(peak_file),
+                str(ADDRESS_SPACE_LIMIT),
+                sys.executable,
+                "-m",
+                "otc_pipeline",
+                "load",
+                *args,
+            ],
+            capture_output=True,
             text=True,
-            preexec_fn=limit,  # noqa: PLW1509 - only setrlimit, before exec
+            timeout=timeout,
             env={**os.environ, **(env or {})},
         )
-        killer = threading.Timer(timeout, process.kill)
-        killer.start()
-        try:
-            # wait4, not Popen.wait: its rusage is this load's, reading processes included.
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            killer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Load(
-            process.returncode,
-            out.read(),
-            err.read(),
-            usage.ru_maxrss / 1024,
-            time.monotonic() - started,
-        )
+        peak_kb = int(peak_file.read_text())
+    return Load(
+        result.returncode,
+        result.stdout,
+        result.stderr,
+        peak_kb / 1024,
+        time.monotonic() - started,
+    )
 
 
 def timesheet(i: int, **fields: Any) -> dict[str, Any]:
@@ -261,3 +271,124 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path, db_url: str) -> None:
     assert load.exit_code == 1
     assert load.stderr.startswith("Error: ") and "FIFO" in load.stderr
     assert len(load.stderr.splitlines()) == 1
+
+
+# --- hostile CSV and XLSX files: refused or read in bounded memory -----------------------
+
+
+def timesheet_csv_header() -> str:
+    return ",".join(timesheet(0)) + "\n"
+
+
+def timesheet_csv_row(i: int, **fields: Any) -> str:
+    return ",".join(str(v) for v in timesheet(i, **fields).values()) + "\n"
+
+
+def test_csv_line_of_millions_of_small_fields_is_refused_in_bounded_memory(
+    tmp_path: Path, db_url: str
+) -> None:
+    source = tmp_path / "timesheets.csv"
+    with source.open("w") as out:
+        out.write(timesheet_csv_header() + timesheet_csv_row(1))
+        for _ in range(40):
+            out.write("a," * 500_000)  # 40 MB on one line
+        out.write("\n" + timesheet_csv_row(3))
+    load = run_load("timesheets", "--from", str(source), "--database-url", db_url)
+    assert load.exit_code == 1
+    assert load.stderr.startswith(f"Error: timesheets: {source}: line 3 is longer than 16 MiB")
+    assert len(load.stderr.splitlines()) == 1
+    assert load.peak_rss_mb < PEAK_RSS_LIMIT_MB
+
+
+def test_csv_record_over_many_lines_is_bounded_too(tmp_path: Path) -> None:
+    source = tmp_path / "timesheets.csv"
+    with source.open("w") as out:
+        out.write(timesheet_csv_header())
+        out.write('"x\n",' * 4_000_000 + "\n")  # 20 MB: small quoted fields holding line breaks
+    with pytest.raises(SourceError, match="record starting at line 2 is longer than 16 MiB"):
+        list(read_file(source))
+
+
+def test_csv_nul_is_a_reject_naming_the_field(tmp_path: Path, db_url: str) -> None:
+    source = tmp_path / "timesheets.csv"
+    source.write_text(
+        timesheet_csv_header()
+        + timesheet_csv_row(1)
+        + timesheet_csv_row(2, **{"TS-Description": "bad\x00byte"})
+        + timesheet_csv_row(3),
+        encoding="utf-8",
+    )
+    load = run_load("timesheets", "--from", str(source), "--database-url", db_url, "--json")
+    assert load.exit_code == 3, load.stderr
+    summary = json.loads(load.stdout)
+    assert (summary["inserted"], summary["rejected"]) == (2, 1)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            (reject,) = conn.execute(select(EtlReject.__table__)).all()
+    finally:
+        engine.dispose()
+    assert (reject.source_position, reject.field) == (3, "TS-Description")
+    assert "NUL" in reject.reason
+
+
+def xlsx_with(path: Path, cells: dict[str, Any]) -> None:
+    import xlsxwriter
+
+    workbook = xlsxwriter.Workbook(str(path), {"constant_memory": False})
+    sheet = workbook.add_worksheet("timesheets")
+    for column, name in enumerate(timesheet(0)):
+        sheet.write(0, column, name)
+    for row in (1, 2):
+        for column, value in enumerate(timesheet(row).values()):
+            sheet.write(row, column, value)
+    for where, value in cells.items():
+        sheet.write(where, value)
+    workbook.close()
+
+
+@pytest.mark.parametrize(
+    ("corner", "rejected"),
+    [("XFD5000", 0), ("ZZ60000", 0), ("A1048576", 1)],  # a cell in column A is a record
+)
+def test_xlsx_with_a_stray_far_cell_loads_in_bounded_memory(
+    tmp_path: Path, db_url: str, corner: str, rejected: int
+) -> None:
+    source = tmp_path / "timesheets.xlsx"
+    xlsx_with(source, {corner: "stray"})
+    assert source.stat().st_size < 10_000
+    load = run_load("timesheets", "--from", str(source), "--database-url", db_url, "--json")
+    assert load.exit_code == (3 if rejected else 0), load.stderr
+    summary = json.loads(load.stdout)
+    assert (summary["inserted"], summary["rejected"]) == (2, rejected)
+    assert load.peak_rss_mb < PEAK_RSS_LIMIT_MB
+    assert len(load.stdout) < 2000  # no warning naming thousands of empty columns
+    assert load.stderr == ""
+
+
+def test_xlsx_whitespace_bomb_is_refused(tmp_path: Path, db_url: str) -> None:
+    import zipfile
+
+    plain = tmp_path / "plain.xlsx"
+    xlsx_with(plain, {})
+    source = tmp_path / "timesheets.xlsx"
+    with (
+        zipfile.ZipFile(plain) as original,
+        zipfile.ZipFile(source, "w", zipfile.ZIP_DEFLATED) as bomb,
+    ):
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename != "xl/worksheets/sheet1.xml":
+                bomb.writestr(info, data)
+                continue
+            head, tail = data.split(b"<sheetData>", 1)
+            with bomb.open(info.filename, "w", force_zip64=True) as member:
+                member.write(head + b"<sheetData>")
+                for _ in range(200):
+                    member.write(b" " * 1_000_000)  # 200 MB of whitespace
+                member.write(tail)
+    assert source.stat().st_size < 2_000_000
+    load = run_load("timesheets", "--from", str(source), "--database-url", db_url)
+    assert load.exit_code == 1
+    assert "zip bomb" in load.stderr and len(load.stderr.splitlines()) == 1
+    assert load.peak_rss_mb < PEAK_RSS_LIMIT_MB

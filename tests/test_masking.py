@@ -32,7 +32,10 @@ PASSWORDS = {
     "percent": "Qzv7%Wkx9",
     "hash": "Qzv7#Wkx9",
     "all": "Qzv7@Wkx9/Jmp3:Rtd5%Hbn2#Yfc8",
+    "all but @": "Qzv7/Wkx9:Jmp3%Rtd5#Hbn2",
 }
+# Through real processes: one password that is refused (two '@'), one that connects.
+PROCESS_PASSWORDS = {name: PASSWORDS[name] for name in ("at", "all but @")}
 PIECES = ("Qzv7", "Wkx9", "Jmp3", "Rtd5", "Hbn2", "Yfc8")
 
 
@@ -76,7 +79,7 @@ def otc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
-@pytest.mark.parametrize("password", PASSWORDS.values(), ids=PASSWORDS.keys())
+@pytest.mark.parametrize("password", PROCESS_PASSWORDS.values(), ids=PROCESS_PASSWORDS.keys())
 def test_database_errors_and_tracebacks_never_show_the_password(password: str, debug: bool) -> None:
     result = otc(*(["--debug"] if debug else []), "status", "--database-url", db_url(password))
     assert result.returncode == 2
@@ -92,11 +95,12 @@ def server() -> Iterator[OtcServer]:
         yield srv
 
 
-@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
-@pytest.mark.parametrize("password", PASSWORDS.values(), ids=PASSWORDS.keys())
-def test_api_base_url_is_masked_in_errors_and_the_run_record(
-    server: OtcServer, tmp_path: Path, password: str, debug: bool
+@pytest.mark.parametrize("output", ["plain", "debug", "json-logs"])
+@pytest.mark.parametrize("password", PROCESS_PASSWORDS.values(), ids=PROCESS_PASSWORDS.keys())
+def test_api_base_url_is_masked_in_errors_logs_and_the_run_record(
+    server: OtcServer, tmp_path: Path, password: str, output: str
 ) -> None:
+    debug = output == "debug"
     base = server.base_url.replace("http://", f"http://otc:{password}@", 1)
     server.queue(status(404))  # its error names the base URL: masked
     env = server.env(
@@ -105,6 +109,7 @@ def test_api_base_url_is_masked_in_errors_and_the_run_record(
         OTC_API_MIN_INTERVAL_S="0",
         OTC_API_RETRIES="0",
         OTC_API_TIMEOUT_S="2",
+        OTC_LOG_FORMAT="json" if output == "json-logs" else "text",
     )
     url = f"sqlite:///{tmp_path / 'otc.db'}"
     assert otc("db", "upgrade", "--database-url", url).returncode == 0

@@ -37,8 +37,12 @@ _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
 _LONG_RUN = b"0" * (MAX_NUMBER_DIGITS + 1)
 _STRING = re.compile(rb'"[^"]*"')
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_SURROGATE_PAIR = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+# Every escape: a surrogate pair (12 bytes), a surrogate alone (6), or any other.
+_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\\."
+)
+_SAMPLE_STEP = MAX_NUMBER_DIGITS // 2  # a longer digit run holds two samples in a row
 # Token by token (the careful walk): outside strings, then inside one.
 _OUTSIDE = re.compile(rb'["\[\]{}]|-?[0-9][0-9.eE+\-]*')
 _INSIDE = re.compile(
@@ -70,6 +74,7 @@ class JsonGuard:
         self._depth = 0
         self._dropping_to: int | None = None  # dropping a value nested too deep, to this depth
         self._dropping_number = False  # dropping the rest of a number too long to read
+        self._lone_surrogate = False
         self.markers = 0  # refused values replaced so far
         self._found = 0  # markers found in records so far
 
@@ -93,16 +98,19 @@ class JsonGuard:
         return self._walk(data)
 
     def _plain(self, data: bytes) -> bool:
-        """Follow the structure of a chunk with whole-chunk operations; False: walk it."""
-        if data.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) >= 0:
+        """Follow the structure of a chunk with whole-chunk operations; False: walk it.
+
+        Measured on a timesheet export: about a third of ijson's own time.
+        """
+        if _has_long_digit_run(data):
             return False
         scanned = data
         if data.find(b"\\") >= 0:
-            surrogates = len(_SURROGATE.findall(data))
-            if surrogates and surrogates != 2 * len(_SURROGATE_PAIR.findall(data)):
+            # Escapes removed (an escaped quote is no string's end); a lone surrogate seen.
+            self._lone_surrogate = False
+            scanned = _ESCAPE.sub(self._drop_escape, data)
+            if self._lone_surrogate:
                 return False
-            # Escaped backslashes, then escaped quotes: what is left of a quote is structure.
-            scanned = data.replace(b"\\\\", b"").replace(b'\\"', b"")
         structure = scanned.translate(None, _NOT_STRUCTURE)
         if self._in_string:
             structure = b'"' + structure
@@ -126,6 +134,11 @@ class JsonGuard:
         self._in_string = in_string
         self._depth += opening - closing
         return True
+
+    def _drop_escape(self, escape: re.Match[bytes]) -> bytes:
+        if escape.end() - escape.start() == 6:  # a surrogate escape without its other half
+            self._lone_surrogate = True
+        return b""
 
     def _walk(self, data: bytes) -> bytes:
         """Token by token: replace what is nested too deep, too long or a lone surrogate."""
@@ -196,6 +209,22 @@ class JsonGuard:
         self._found += 1
         field, value, reason = found
         return RefusedRecord(field, value, reason, _unmarked(record, 0))
+
+
+def _has_long_digit_run(data: bytes) -> bool:
+    """Whether ``data`` holds more than MAX_NUMBER_DIGITS digits in a row.
+
+    Such a run holds two consecutive samples every _SAMPLE_STEP bytes, so only
+    where two samples in a row are digits is the stretch between them looked at.
+    """
+    samples = data[::_SAMPLE_STEP].translate(_DIGITS_AS_ZERO)
+    at = samples.find(b"00")
+    while at >= 0:
+        start = at * _SAMPLE_STEP
+        if data[start : start + _SAMPLE_STEP + 1].isdigit():
+            return data.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) >= 0
+        at = samples.find(b"00", at + 1)
+    return False
 
 
 def _too_long(token: bytes) -> bool:
