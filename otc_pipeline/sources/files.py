@@ -92,10 +92,6 @@ _CSV_FIELD_LIMIT = 16 * 1024 * 1024
 CSV_RECORD_LIMIT = 16 * 1024 * 1024
 # Kept of the cells that spill past the header, for the warning or the reject.
 _EXTRA_CELLS_KEPT = 100
-# csv refuses a NUL anywhere ("line contains NUL"), failing the file; it stands in
-# for NUL while csv reads (a noncharacter: no export holds it), so that only the
-# record holding it is rejected.
-_NUL_STAND_IN = "\ufffe"
 
 # The JSON paths the OTC API uses for the record array, outermost envelope first.
 _JSON_ARRAY_PATHS = {"message.data": "message.data.item", "data": "data.item", "": "item"}
@@ -538,7 +534,7 @@ class _CsvLines:
 
     ``readline(limit)`` never builds a line longer than the limit, however long
     the line in the file; a record is bounded over all its lines (a quoted field
-    may hold line breaks) until :meth:`record_done`. NUL becomes _NUL_STAND_IN.
+    may hold line breaks) until :meth:`record_done`.
     """
 
     def __init__(self, path: Path, f: Any) -> None:
@@ -547,7 +543,6 @@ class _CsvLines:
         self._line = 0
         self._record_chars = 0
         self._record_line = 1
-        self.nul = False  # a NUL was replaced since the last record_done()
 
     def __iter__(self) -> _CsvLines:
         return self
@@ -565,9 +560,6 @@ class _CsvLines:
                 f"{CSV_RECORD_LIMIT // (1024 * 1024)} MiB, more than any export record; "
                 "check the file is a CSV export (one record per line, quotes closed)"
             )
-        if "\x00" in line:
-            self.nul = True
-            line = line.replace("\x00", _NUL_STAND_IN)
         return line
 
     def record_done(self) -> None:
@@ -576,16 +568,12 @@ class _CsvLines:
         self._record_line = self._line + 1
 
 
-def _nul_restored(row: list[str]) -> list[str]:
-    return [cell.replace(_NUL_STAND_IN, "\x00") for cell in row]
-
-
 def _csv_header(path: Path, reader: Any, dialect: CsvDialect) -> list[str] | None:
     line = 1
     try:
         for row in reader:
             if row and "".join(row).strip():
-                return _unique_names(_nul_restored(row))
+                return _unique_names(row)
             line = reader.line_num + 1
     except (csv.Error, UnicodeDecodeError) as exc:
         raise _csv_error(path, line, exc, dialect) from exc
@@ -625,8 +613,6 @@ def _iter_csv(path: Path, header: list[str], dialect: CsvDialect) -> Iterator[So
                     break  # the header, already read by read_header; blank lines precede it
             for row in reader:
                 lines.record_done()
-                if lines.nul:
-                    row, lines.nul = _nul_restored(row), False
                 if row and "".join(row).strip():
                     if len(row) == width:
                         record: dict[str, Any] = dict(zip(header, row, strict=True))
