@@ -16,11 +16,15 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import typer
+from .proctitle import hide_password
 
-from . import heartbeat
-from .errors import OtcError
-from .stopping import Stopped
+hide_password()  # first of all: the command line is readable by anyone while otc runs
+
+import typer  # noqa: E402 - after hide_password, which must come first
+
+from . import heartbeat  # noqa: E402
+from .errors import OtcError  # noqa: E402
+from .stopping import Stopped  # noqa: E402
 
 app = typer.Typer(
     name="otc",

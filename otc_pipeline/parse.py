@@ -22,9 +22,16 @@ from sqlalchemy import Boolean, DateTime, Integer, Numeric
 
 from . import names
 from .errors import ConfigError
+from .sources.records import RefusedRecord
 from .views import View
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# Longer text is no whole number that fits a column, whatever it holds: refused before
+# int() or Decimal() work through it (a million digits cost them minutes).
+MAX_NUMBER_TEXT = 100
+# Decimal exponents a number column keeps on both databases (SQLite stores a double):
+# 1e200000 is refused here rather than by PostgreSQL while staging.
+MAX_NUMBER_EXPONENT = 300
 CACHE_LIMIT = 10_000  # parsed strings remembered per column: dates, hours, flags repeat; ids do not
 _MISSING = object()
 
@@ -83,6 +90,8 @@ def coerce_text(value: Any) -> str | None:
     if isinstance(value, str):
         if "\x00" in value:
             raise CoercionError("contains a NUL character, which the database cannot store")
+        if not value.isprintable() and _has_lone_surrogate(value):
+            raise CoercionError("contains a lone surrogate, which is not Unicode text")
         return value  # kept exactly as given: ' PendingAssignment' keeps its space
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -103,11 +112,18 @@ def coerce_integer(value: Any) -> int | None:
     if isinstance(value, int):
         number = value
     elif isinstance(value, float | Decimal):
-        if not math.isfinite(value) or value != int(value):
+        if not math.isfinite(value):
+            raise CoercionError("is not a whole number")
+        if isinstance(value, Decimal) and value.adjusted() > 18:
+            # Before int(), which would spell out all of 1e200000's digits.
+            raise CoercionError("is out of range for an INTEGER column")
+        if value != int(value):
             raise CoercionError("is not a whole number")
         number = int(value)
     elif isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_NUMBER_TEXT:
+            raise CoercionError(f"is out of range for an INTEGER column ({len(text):,} characters)")
         try:
             number = int(text)
         except ValueError:
@@ -117,6 +133,8 @@ def coerce_integer(value: Any) -> int | None:
                 raise CoercionError("is not a whole number") from None
             if not as_decimal.is_finite() or as_decimal != as_decimal.to_integral_value():
                 raise CoercionError("is not a whole number") from None
+            if as_decimal.adjusted() > 18:
+                raise CoercionError("is out of range for an INTEGER column") from None
             number = int(as_decimal)
     else:
         raise CoercionError(f"is a {type(value).__name__}, not a whole number")
@@ -138,6 +156,8 @@ def coerce_numeric(value: Any) -> Decimal | None:
         number = Decimal(repr(value))
     elif isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_NUMBER_TEXT:
+            raise CoercionError(f"is too long for a number ({len(text):,} characters)")
         if "," in text:
             if "." in text:
                 raise CoercionError("mixes decimal comma and point")
@@ -150,7 +170,26 @@ def coerce_numeric(value: Any) -> Decimal | None:
         raise CoercionError(f"is a {type(value).__name__}, not a number")
     if not number.is_finite():
         raise CoercionError("is not a finite number")
+    if not _exponent_in_range(number):
+        raise CoercionError(
+            f"is out of range for a number column (between 1e-{MAX_NUMBER_EXPONENT} "
+            f"and 1e{MAX_NUMBER_EXPONENT}, or 0)"
+        )
     return number
+
+
+def _exponent_in_range(number: Decimal) -> bool:
+    """Whether a finite Decimal's digits stay within ±MAX_NUMBER_EXPONENT (zero always does)."""
+    return not number or -MAX_NUMBER_EXPONENT <= number.adjusted() <= MAX_NUMBER_EXPONENT
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Whether text holds a surrogate code point (never valid on its own; UTF-8 cannot hold it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 _TRUE = frozenset({"yes", "y", "true", "t", "1"})
@@ -406,7 +445,11 @@ def integer_as_text(value: Any) -> str:
 
 
 def numeric_as_text(value: Any) -> str:
-    if value.__class__ is Decimal and value.is_finite():
+    if (
+        value.__class__ is Decimal
+        and value.is_finite()
+        and -MAX_NUMBER_EXPONENT <= value.adjusted() <= MAX_NUMBER_EXPONENT
+    ):
         return str(value)
     return as_copy_text(coerce_numeric(value))
 
@@ -546,7 +589,7 @@ class Parser:
                     plan = self._varying_plan(fields)
                 if plan is None:
                     plan = self._make_plan(set(fields))
-                self.unknown_fields.update(plan.unknown)
+                self.unknown_fields.update(map(_printable, plan.unknown))
                 if len(self._plans_by_set) < PLANS_KEPT:
                     self._plans_by_set[frozenset(fields)] = plan
             if len(self._plans) < PLANS_KEPT:
@@ -644,6 +687,14 @@ class Parser:
     def parse(self, position: int, record: Any) -> tuple[Plan, tuple[Any, ...]] | Reject:
         """Column values for ``record`` (with the plan naming their columns), or a Reject."""
         if record.__class__ is not dict and not isinstance(record, Mapping):
+            if isinstance(record, RefusedRecord):
+                return Reject(
+                    position,
+                    None if record.field is None else _printable(record.field),
+                    _show(record.value),
+                    record.reason,
+                    _storable(record.record),
+                )
             return Reject(
                 position, None, _show(record), "record is not an object of fields", record
             )
@@ -658,7 +709,9 @@ class Parser:
                 return self._explain(position, record, plan)
         plan = self.plan_for(tuple(record))
         if plan.missing_required is not None:
-            return Reject(position, plan.missing_required, None, "key field is missing", record)
+            return Reject(
+                position, plan.missing_required, None, "key field is missing", _storable(record)
+            )
         self._last_plan = plan
         assert plan.convert is not None
         try:
@@ -685,7 +738,7 @@ class Parser:
             try:
                 value = coerce(raw)
             except CoercionError as exc:
-                return Reject(position, source_field, _show(raw), f"value {exc}", record)
+                return Reject(position, source_field, _show(raw), f"value {exc}", _storable(record))
             if cache is not None and raw.__class__ is str and len(cache) < CACHE_LIMIT:
                 cache[raw] = value
             values.append(value)
@@ -693,7 +746,11 @@ class Parser:
             if values[index] is null:
                 field_name = plan.steps[index][0]
                 return Reject(
-                    position, field_name, _show(record[field_name]), "key field is blank", record
+                    position,
+                    field_name,
+                    _show(record[field_name]),
+                    "key field is blank",
+                    _storable(record),
                 )
         return plan, tuple(values)
 
@@ -855,7 +912,42 @@ def _compile(
 
 
 def _show(value: Any) -> str | None:
+    """A value as the reject shows it: at most 200 characters, storable on both databases."""
     if value is None:
         return None
+    if isinstance(value, int) and value.bit_length() > 700:
+        # repr() of a huge int takes time quadratic in its digits.
+        return f"(a whole number of about {int(value.bit_length() * 0.30103):,} digits)"
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 200 else text[:200] + "…"
+    return _printable(text if len(text) <= 200 else text[:200] + "…")
+
+
+def _printable(text: str) -> str:
+    """Text the database can store: NUL and lone surrogates spelled as escapes."""
+    if text.isprintable():
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_STORABLE_DEPTH = 100
+
+
+def _storable(record: Any, depth: int = 0) -> Any:
+    """A rejected record as etl_rejects keeps it: lone surrogates spelled as escapes.
+
+    JSON writes NUL as \\u0000 by itself but passes a lone surrogate through, which
+    neither database driver can encode. Records are bounded in depth by the reader.
+    """
+    if isinstance(record, str):
+        if record.isprintable():
+            return record
+        return record.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(record, int) and record.bit_length() > 700:
+        return _show(record)
+    if depth > _STORABLE_DEPTH:
+        return "…"
+    if isinstance(record, Mapping):
+        return {_storable(k, depth + 1): _storable(v, depth + 1) for k, v in record.items()}
+    if isinstance(record, list | tuple):
+        return [_storable(v, depth + 1) for v in record]
+    return record

@@ -38,13 +38,46 @@ class DatabaseSetting:
         return mask_url(self.url)
 
 
+def mask_url_text(text: str) -> str:
+    """A URL as written, with everything between ``//`` and the last ``@`` masked.
+
+    For a URL that does not parse cleanly: an unencoded ``@``, ``/``, ``:``, ``%`` or
+    ``#`` in a password makes parsers split it somewhere else, and what they would
+    show as the host or path is then part of the password.
+    """
+    last_at = text.rfind("@")
+    start = text.find("//")
+    if start < 0 or last_at < start:
+        return text if "@" not in text else "***" + text[last_at:]
+    return text[: start + 2] + "***" + text[last_at:]
+
+
+def parses_cleanly(text: str, parsed: str | None) -> bool:
+    """Whether ``parsed`` (a parser's rendering of ``text``, password included) is ``text``.
+
+    Also false for more than one ``@`` in the text: some parsers put the rest of the
+    password into the host, and render that back unchanged.
+    """
+    return parsed == text and text.count("@") <= 1
+
+
 def mask_url(url: URL | str) -> str:
-    """The URL as text with any password replaced by ``***``."""
+    """The URL as text with any password replaced by ``***``.
+
+    A URL given as text that does not parse cleanly is masked from ``//`` to the
+    last ``@`` (see :func:`mask_url_text`).
+    """
     if isinstance(url, str):
         try:
-            url = make_url(url)
+            parsed = make_url(url)
         except ArgumentError:
-            return "<unparseable URL>"
+            return mask_url_text(url)
+        if not parses_cleanly(url, parsed.render_as_string(hide_password=False)):
+            return mask_url_text(url)
+        url = parsed
+    if url.host and "@" in url.host:
+        # Parsed from text with an unencoded '@' in the password: the "host" holds the rest.
+        return mask_url_text(url.render_as_string(hide_password=False))
     return url.render_as_string(hide_password=True)
 
 
@@ -56,6 +89,14 @@ def _parse_url(text: str, origin: str) -> URL:
             f"{origin} is not a database URL; use e.g. "
             "postgresql+psycopg2://user@host/servicedesk or sqlite:///otc.db"
         ) from None
+    if text.count("@") > 1:
+        # SQLAlchemy would take what follows the first '@' as the host, and the
+        # driver's "could not translate host name" would then print it.
+        raise ConfigError(
+            f"{origin} holds more than one '@' ({mask_url_text(text)}); write an '@' in "
+            "the user name or password as %40 (and '/' as %2F, ':' as %3A, '%' as %25, "
+            "'#' as %23), or put the password in ~/.pgpass"
+        )
     # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which we do not ship.
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg2")

@@ -156,6 +156,9 @@ class Reply:
         ""  # "reset" (RST), "close" (clean end: truncated JSON), "short" (Content-Length lies)
     )
     hold: threading.Event | None = None  # wait for this after `cut_after` records, then go on
+    # Send a fixed body a few bytes at a time, this many seconds apart (a trickle).
+    trickle_s: float = 0.0
+    trickle_bytes: int = 4
 
 
 def status(code: int, retry_after: str | None = None, body: bytes = b'{"error": "x"}') -> Reply:
@@ -234,7 +237,13 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(reply.delay_s)
         if reply.body is not None:
             self._start(reply, len(reply.body))
-            self.wfile.write(reply.body)
+            if not reply.trickle_s:
+                self.wfile.write(reply.body)
+                return
+            for at in range(0, len(reply.body), reply.trickle_bytes):
+                self.wfile.write(reply.body[at : at + reply.trickle_bytes])
+                self.wfile.flush()
+                time.sleep(reply.trickle_s)
             return
         records = otc.records(view or "comments")
         chunks = body_chunks(records, reply.envelope or otc.envelope, otc.per_chunk)

@@ -32,6 +32,7 @@ import contextlib
 import email.utils
 import fcntl
 import json
+import math
 import os
 import tempfile
 import time
@@ -55,7 +56,9 @@ from tenacity import (
 
 from .. import __version__
 from ..errors import ApiError, ApiRejected, ApiUnavailable, ConfigError
+from ..settings import mask_url_text, parses_cleanly
 from ..views import VIEWS
+from .json_guard import JsonGuard
 
 SourceRecord = tuple[int, dict[str, Any]]
 
@@ -63,6 +66,9 @@ DEFAULT_BASE_URL = "https://webhook.orro.support/OTC/Data/View/data"
 USER_AGENT = f"otc-pipeline/{__version__}"
 STATE_FILE_NAME = "api-state.json"
 HOUR_S = 3600.0
+# A body may trickle a few bytes at a time and never trip the idle timeout: every
+# request also ends by OTC_API_DEADLINE_S, by default this many idle timeouts.
+DEADLINE_TIMEOUTS = 4
 # The view used by `otc api check --ping`: the smallest one (10 days of comments).
 PING_VIEW = "comments"
 
@@ -97,6 +103,7 @@ class ApiSettings:
     max_per_hour: int = 100
     view_gap_s: float = 30.0
     timeout_s: float = 120.0
+    deadline_s: float | None = None  # None: DEADLINE_TIMEOUTS x timeout_s
     retries: int = 3
     backoff_s: float = 10.0
     backoff_max_s: float = 300.0
@@ -117,6 +124,8 @@ class ApiSettings:
             max_per_hour=_whole(env, "OTC_API_MAX_PER_HOUR", 100, minimum=1),
             view_gap_s=_number(env, "OTC_API_VIEW_GAP_S", 30.0, minimum=0),
             timeout_s=_number(env, "OTC_API_TIMEOUT_S", 120.0, minimum=0.001),
+            # Unset: 0.0 here, then None: DEADLINE_TIMEOUTS idle timeouts.
+            deadline_s=_number(env, "OTC_API_DEADLINE_S", 0.0, minimum=0.001) or None,
             retries=_whole(env, "OTC_API_RETRIES", 3, minimum=0),
             backoff_s=_number(env, "OTC_API_BACKOFF_S", 10.0, minimum=0),
             backoff_max_s=_number(env, "OTC_API_BACKOFF_MAX_S", 300.0, minimum=0),
@@ -124,6 +133,13 @@ class ApiSettings:
             breaker_cooldown_s=_number(env, "OTC_API_BREAKER_COOLDOWN_S", 600.0, minimum=0),
             state_dir=Path(state_dir).expanduser() if state_dir else default_state_dir(env),
         )
+
+    @property
+    def request_deadline_s(self) -> float:
+        """Seconds one request may take from sending it to the end of its body."""
+        if self.deadline_s is not None:
+            return self.deadline_s
+        return DEADLINE_TIMEOUTS * self.timeout_s
 
     def __repr__(self) -> str:
         # The password is never shown, not even when written into the base URL.
@@ -138,11 +154,17 @@ class ApiSettings:
 
     @property
     def masked_base_url(self) -> str:
-        """The base URL with any user or password written into it removed."""
+        """The base URL with any user or password written into it removed.
+
+        One that does not parse cleanly (an unencoded '@', '/', '#'… in the password
+        moves httpx's idea of the host) is masked from '//' to its last '@'.
+        """
         try:
             url = httpx.URL(self.base_url)
         except (httpx.InvalidURL, TypeError):
-            return "<unparseable URL>"
+            return mask_url_text(self.base_url) if "@" in self.base_url else "<unparseable URL>"
+        if "@" in self.base_url and not parses_cleanly(self.base_url, str(url)):
+            return mask_url_text(self.base_url)
         return str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
 
     def require_credentials(self) -> None:
@@ -161,6 +183,12 @@ class ApiSettings:
             url = httpx.URL(self.base_url)
         except (httpx.InvalidURL, TypeError):
             url = None
+        if self.base_url.count("@") > 1:
+            raise ConfigError(
+                f"OTC_API_BASE_URL holds more than one '@' ({self.masked_base_url}); write "
+                "an '@' in the user name or password as %40, or leave the credentials to "
+                "OTC_API_USER and OTC_API_PASSWORD"
+            )
         if url is None or url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(
                 f"OTC_API_BASE_URL is not an http(s) URL ({self.masked_base_url}); "
@@ -411,6 +439,13 @@ def _transport_reason(exc: httpx.TransportError, settings: ApiSettings) -> str:
     return f"connection failed ({type(exc).__name__}: {_first_line(exc)})"
 
 
+def _deadline_reason(settings: ApiSettings) -> str:
+    return (
+        f"the answer took longer than OTC_API_DEADLINE_S={settings.request_deadline_s:g} s "
+        "(the body arrived too slowly)"
+    )
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
     if value is None or not value.strip():
@@ -432,10 +467,18 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class _Body:
     """A response body parsed while it arrives, in whichever envelope it came."""
 
-    def __init__(self, response: httpx.Response, latency_s: float, settings: ApiSettings) -> None:
+    def __init__(
+        self,
+        response: httpx.Response,
+        latency_s: float,
+        settings: ApiSettings,
+        deadline: float | None = None,
+    ) -> None:
         self.response = response
         self.latency_s = latency_s
         self._settings = settings
+        # time.monotonic() by which the body must have ended
+        self._deadline = deadline if deadline is not None else math.inf
         self._chunks = response.iter_bytes()
         self._records: list[Any] = ijson.sendable_list()
         self._parser: Any = None  # ijson items coroutine, once the envelope is known
@@ -445,14 +488,25 @@ class _Body:
         self._started = False
         self._excerpt = b""
         self._ended = False
+        # Keeps hostile values (deep nesting, huge numbers, lone surrogates) from ijson.
+        self._guard = JsonGuard()
 
     def _next_chunk(self) -> bytes | None:
         try:
             for chunk in self._chunks:
+                if time.monotonic() > self._deadline:
+                    raise _Transient(_deadline_reason(self._settings))
                 if chunk:
                     return chunk
         except httpx.TransportError as exc:
             raise _Transient(_transport_reason(exc, self._settings)) from None
+        except httpx.DecodingError as exc:
+            # A gzip or deflate body that does not decode: a failed fetch, like bad JSON.
+            raise ApiError(
+                f"the OTC API answered a body that does not decode ({_first_line(exc)}); "
+                "nothing of the view is loaded, try again later and report it to the OTC "
+                "team if it persists"
+            ) from None
         return None
 
     def _feed(self, chunk: bytes) -> None:
@@ -469,13 +523,18 @@ class _Body:
                 raise ApiError(_html_message(self._settings))
         if len(self._excerpt) < _EXCERPT_CHARS:
             self._excerpt += chunk[: _EXCERPT_CHARS - len(self._excerpt)]
+        self._parse(self._guard.feed(chunk))
+
+    def _parse(self, chunk: bytes) -> None:
+        if not chunk:
+            return
         if self._parser is not None:
             self._send(chunk)
             return
         self._pending.append(chunk)
         try:
             self._sniffer.send(chunk)
-        except (ijson.JSONError, UnicodeDecodeError) as exc:
+        except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
             raise ApiError(self._malformed(exc)) from None
         for prefix, event, _value in self._events:
             if event == "start_array" and prefix in _ENVELOPE_PREFIXES:
@@ -490,11 +549,13 @@ class _Body:
     def _send(self, chunk: bytes) -> None:
         try:
             self._parser.send(chunk)
-        except (ijson.JSONError, UnicodeDecodeError) as exc:
+        except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
             raise ApiError(self._malformed(exc)) from None
 
     def _finish(self) -> None:
         self._ended = True
+        if self._started:
+            self._parse(self._guard.end())
         if not self._started:
             raise ApiError(
                 "the OTC API answered with an empty body, not JSON; check OTC_API_BASE_URL "
@@ -547,7 +608,7 @@ class _Body:
             if self._records:
                 batch = list(self._records)
                 del self._records[:]
-                yield from batch
+                yield from map(self._guard.checked, batch)
             if self._ended:
                 return
             chunk = self._next_chunk()
@@ -620,14 +681,17 @@ def _attempt(
     """One paced request, read up to its first record."""
     _reserve_request_slot(settings, state_file)
     started = time.monotonic()
+    deadline = started + settings.request_deadline_s
     try:
         request = client.build_request("GET", settings.base_url, params={"id": guid})
         response = client.send(request, stream=True)
     except httpx.TransportError as exc:
         raise _Transient(_transport_reason(exc, settings)) from None
     try:
+        if time.monotonic() > deadline:
+            raise _Transient(_deadline_reason(settings))
         _check_response(response, settings, view_name)
-        body = _Body(response, time.monotonic() - started, settings)
+        body = _Body(response, time.monotonic() - started, settings, deadline)
         body.read_to_first_record()
         return body
     except BaseException:
@@ -786,7 +850,8 @@ def api_check(settings: ApiSettings, ping: bool = False) -> list[str]:
         "password: set" if settings.password else "password: not set (set OTC_API_PASSWORD)",
         f"pacing: at least {settings.min_interval_s:g} s between requests, at most "
         f"{settings.max_per_hour} per hour, {settings.view_gap_s:g} s between views",
-        f"timeout: {settings.timeout_s:g} s; retries: {settings.retries}, backoff "
+        f"timeout: {settings.timeout_s:g} s idle, {settings.request_deadline_s:g} s per "
+        f"request; retries: {settings.retries}, backoff "
         f"{settings.backoff_s:g} s doubling to {settings.backoff_max_s:g} s",
         f"requests in the last hour: {state.requests_last_hour} of {settings.max_per_hour}"
         + (

@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import re
+import stat
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -34,6 +35,7 @@ import ijson
 
 from .. import names
 from ..errors import ConfigError, SourceError
+from .json_guard import GuardedFile
 
 SourceRecord = tuple[int, dict[str, Any]]
 """(source position, raw record as read).
@@ -67,7 +69,7 @@ class ReadOptions:
         delimiter = self.delimiter
         if delimiter is not None:
             delimiter = {"tab": "\t", "\\t": "\t"}.get(delimiter.lower(), delimiter)
-            if len(delimiter) != 1 or delimiter in "\r\n\"":
+            if len(delimiter) != 1 or delimiter in '\r\n"':
                 raise ConfigError(
                     f"--delimiter must be one character such as ';' or '|' (or 'tab'), "
                     f"not {self.delimiter!r}"
@@ -77,6 +79,7 @@ class ReadOptions:
             encoding = csv_encoding(Path(), encoding)[0]
         return replace(self, delimiter=delimiter, encoding=encoding)
 
+
 # Cells that spill past the header in a CSV row (csv.DictReader's restkey idea):
 # kept, not dropped, so the reject or warning can show them.
 EXTRA_CELLS_KEY = "__extra__"
@@ -84,6 +87,11 @@ EXTRA_CELLS_KEY = "__extra__"
 # Long ticket descriptions exceed csv's 128 KiB default; the cap still stops a
 # broken quote from swallowing a 400 MB file into one field before failing.
 _CSV_FIELD_LIMIT = 16 * 1024 * 1024
+# A line (and a record, over all its lines) holds at most this many characters: one
+# 500 MB line of small fields would otherwise become a list of 250 million cells.
+CSV_RECORD_LIMIT = 16 * 1024 * 1024
+# Kept of the cells that spill past the header, for the warning or the reject.
+_EXTRA_CELLS_KEPT = 100
 
 # The JSON paths the OTC API uses for the record array, outermost envelope first.
 _JSON_ARRAY_PATHS = {"message.data": "message.data.item", "data": "data.item", "": "item"}
@@ -119,7 +127,7 @@ def read_header(path: Path, options: ReadOptions | None = None) -> list[str] | N
     if suffix == ".csv":
         dialect = csv_dialect(path, options)
         with _open_csv(path, dialect) as f:
-            reader = csv.reader(f, delimiter=dialect.delimiter, strict=True)
+            reader = csv.reader(_CsvLines(path, f), delimiter=dialect.delimiter, strict=True)
             return _csv_header(path, reader, dialect)
     if suffix == ".xlsx":
         return _xlsx_sheet(path, options).header
@@ -143,6 +151,14 @@ def _check_readable(path: Path) -> None:
         raise SourceError(f"{path}: file does not exist; check the path")
     if path.is_dir():
         raise SourceError(f"{path}: is a folder, not a file; give the export file itself")
+    mode = path.stat().st_mode  # of the target, when the path is a symbolic link
+    if not stat.S_ISREG(mode):
+        # A device or FIFO has no size: read as "empty", it would load as a fresh
+        # success of nothing (or never end: /dev/zero, /dev/urandom).
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise SourceError(
+            f"{path}: is {kind}, not a regular file; save the export to a file and load that"
+        )
 
 
 def _unique_names(cells: list[Any]) -> list[str]:
@@ -209,7 +225,7 @@ def _json_items_prefix(path: Path, start: int) -> str:
     with path.open("rb") as f:
         f.seek(start)
         try:
-            for prefix, event, value in ijson.parse(f):
+            for prefix, event, value in ijson.parse(GuardedFile(f)):
                 if event == "start_array" and prefix in _JSON_ARRAY_PATHS:
                     return _JSON_ARRAY_PATHS[prefix]
                 if prefix == "" and event == "map_key" and len(top_keys) < 10:
@@ -325,7 +341,7 @@ def _first_field(path: Path, start: int, prefix: str) -> str | None:
     with path.open("rb") as f:
         f.seek(start)
         try:
-            for event_prefix, event, value in ijson.parse(f):
+            for event_prefix, event, value in ijson.parse(GuardedFile(f)):
                 if event_prefix == prefix and event == "map_key":
                     return str(value)
                 if event_prefix == prefix and event != "start_map":
@@ -385,11 +401,15 @@ def read_json_part(part: JsonPart, first_position: int) -> Iterator[SourceRecord
     fails at the latest on its last bytes.
     """
     f = _SplicedFile(part)
+    guarded = GuardedFile(f)
     try:
         # ijson.items builds each record in C; numbers that are not integers arrive
-        # as Decimal, which keeps hours such as 0.1 exact.
-        yield from enumerate(ijson.items(f, part.prefix), first_position)
-    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        # as Decimal, which keeps hours such as 0.1 exact. The guard keeps hostile
+        # values from it and makes a record that held one a RefusedRecord.
+        records = map(guarded.guard.checked, ijson.items(guarded, part.prefix))
+        yield from enumerate(records, first_position)
+    except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
+        # ArithmeticError: decimal refuses a number such as 1e99999999999999999999.
         raise _json_error(part.path, f, exc) from exc
     finally:
         f.close()
@@ -509,6 +529,45 @@ def _csv_error(path: Path, line: int, exc: Exception, dialect: CsvDialect) -> So
     )
 
 
+class _CsvLines:
+    """The lines of a CSV file as csv.reader reads them, each and each record bounded.
+
+    ``readline(limit)`` never builds a line longer than the limit, however long
+    the line in the file; a record is bounded over all its lines (a quoted field
+    may hold line breaks) until :meth:`record_done`.
+    """
+
+    def __init__(self, path: Path, f: Any) -> None:
+        self._path = path
+        self._readline = f.readline
+        self._line = 0
+        self._record_chars = 0
+        self._record_line = 1
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._readline(CSV_RECORD_LIMIT + 1)
+        if not line:
+            raise StopIteration
+        self._line += 1
+        self._record_chars += len(line)
+        if self._record_chars > CSV_RECORD_LIMIT:
+            what = "line" if self._record_line == self._line else "record starting at line"
+            raise SourceError(
+                f"{self._path}: {what} {self._record_line} is longer than "
+                f"{CSV_RECORD_LIMIT // (1024 * 1024)} MiB, more than any export record; "
+                "check the file is a CSV export (one record per line, quotes closed)"
+            )
+        return line
+
+    def record_done(self) -> None:
+        """A record ended: the next one starts on the next line."""
+        self._record_chars = 0
+        self._record_line = self._line + 1
+
+
 def _csv_header(path: Path, reader: Any, dialect: CsvDialect) -> list[str] | None:
     line = 1
     try:
@@ -531,7 +590,8 @@ def _read_csv(path: Path, options: ReadOptions) -> Iterator[SourceRecord]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     dialect = csv_dialect(path, options)
     with _open_csv(path, dialect) as f:
-        header = _csv_header(path, csv.reader(f, delimiter=dialect.delimiter, strict=True), dialect)
+        reader = csv.reader(_CsvLines(path, f), delimiter=dialect.delimiter, strict=True)
+        header = _csv_header(path, reader, dialect)
     if header is None:
         return _no_records()
     return _iter_csv(path, header, dialect)
@@ -542,14 +602,17 @@ def _iter_csv(path: Path, header: list[str], dialect: CsvDialect) -> Iterator[So
     with _open_csv(path, dialect) as f:
         # strict: an unclosed quote fails the file instead of silently swallowing
         # every following line into one field.
-        reader = csv.reader(f, delimiter=dialect.delimiter, strict=True)
+        lines = _CsvLines(path, f)
+        reader = csv.reader(lines, delimiter=dialect.delimiter, strict=True)
         start = 1
         try:
             for row in reader:
+                lines.record_done()
                 start = reader.line_num + 1
                 if row and "".join(row).strip():
                     break  # the header, already read by read_header; blank lines precede it
             for row in reader:
+                lines.record_done()
                 if row and "".join(row).strip():
                     if len(row) == width:
                         record: dict[str, Any] = dict(zip(header, row, strict=True))
@@ -558,7 +621,7 @@ def _iter_csv(path: Path, header: list[str], dialect: CsvDialect) -> Iterator[So
                         record = dict(zip(header, row + [None] * (width - len(row)), strict=True))
                     else:
                         record = dict(zip(header, row[:width], strict=True))
-                        record[EXTRA_CELLS_KEY] = row[width:]
+                        record[EXTRA_CELLS_KEY] = row[width : width + _EXTRA_CELLS_KEPT]
                     yield start, record
                 start = reader.line_num + 1
         except (csv.Error, UnicodeDecodeError) as exc:
@@ -576,6 +639,18 @@ XlsxRows = Iterator[tuple[int, list[Any]]]  # (spreadsheet row number, its cells
 # loading 200k timesheets (212 MB of XML): read whole, peak 528 MB; streamed, peak
 # 183 MB at 7,800 rows/s. Reading 50k rows alone: calamine 0.7 s, openpyxl 5.7 s.
 XLSX_READ_WHOLE_MAX_BYTES = 32 * 1024 * 1024
+# calamine holds a sheet as a dense grid from its first to its last cell (about 32
+# bytes a cell): one stray cell at XFD5000 made it 82 million cells, 2.6 GB. A sheet
+# whose cells span more than this is streamed instead, and only its first
+# XLSX_MAX_COLUMNS columns are read (an export has a few dozen).
+XLSX_READ_WHOLE_MAX_CELLS = 4_000_000
+XLSX_MAX_COLUMNS = 1000
+# A member of the workbook that unpacks to more than this, at more than this ratio,
+# is no export but a zip bomb (1 MB of zip held 2.2 GB of whitespace).
+XLSX_BOMB_MIN_BYTES = 16 * 1024 * 1024
+XLSX_BOMB_RATIO = 100
+_XLSX_ROW = re.compile(rb'<row[^>]*? r="([0-9]+)"')
+_XLSX_WIDE_CELL = re.compile(rb'<c[^>]*? r="([A-Z]{2,3})[0-9]')
 
 
 # The header row may sit below up to this many title or blank rows.
@@ -683,9 +758,9 @@ def _xlsx_header(
                         f"{path}: row {number} of sheet {sheet_name!r} holds no field "
                         "names; the header row must hold the OTC field names"
                     )
-                return _unique_names(values), number
+                return _unique_names(_without_trailing_blanks(values)), number
             if wanted_folded <= texts:
-                return _unique_names(values), number
+                return _unique_names(_without_trailing_blanks(values)), number
         if number >= HEADER_SEARCH_ROWS:
             break
     if first_filled is None:
@@ -696,6 +771,14 @@ def _xlsx_header(
         return f"sheet {sheet_name!r} is empty"
     number, values = first_filled
     return f"sheet {sheet_name!r} row {number} holds {_shown_cells(values)}"
+
+
+def _without_trailing_blanks(values: list[Any]) -> list[Any]:
+    """A header's cells up to its last name: empty cells after it are no columns."""
+    end = len(values)
+    while end and values[end - 1] is None:
+        end -= 1
+    return values[:end]
 
 
 def _xlsx_records(sheet: XlsxSheet) -> Iterator[SourceRecord]:
@@ -740,23 +823,68 @@ class _Workbook:
 
 def _open_xlsx(path: Path) -> _Workbook:
     size = _largest_sheet_xml(path)
-    if size is not None and size > XLSX_READ_WHOLE_MAX_BYTES:
+    if size is not None and (
+        size > XLSX_READ_WHOLE_MAX_BYTES or _sheet_cells(path) > XLSX_READ_WHOLE_MAX_CELLS
+    ):
         return _streamed_xlsx(path)
     return _whole_xlsx(path)
 
 
 def _largest_sheet_xml(path: Path) -> int | None:
-    """Bytes of the largest worksheet's XML, from the zip directory (None: not a zip)."""
+    """Bytes of the largest worksheet's XML, from the zip directory (None: not a zip).
+
+    Refuses a zip bomb: a member that unpacks to far more than a real export would.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
-            sizes = [
-                info.file_size
-                for info in archive.infolist()
-                if info.filename.startswith("xl/worksheets/")
-            ]
+            members = archive.infolist()
     except (zipfile.BadZipFile, OSError):
         return None  # the reader says what is wrong with it
-    return max(sizes, default=0)
+    for info in members:
+        ratio = info.file_size // max(info.compress_size, 1)
+        if info.file_size > XLSX_BOMB_MIN_BYTES and ratio > XLSX_BOMB_RATIO:
+            raise SourceError(
+                f"{path}: {info.filename} unpacks to {info.file_size / 1e6:,.0f} MB from "
+                f"{info.compress_size / 1e3:,.0f} KB ({ratio:,} times): no export "
+                "compresses so well; is it a zip bomb? Re-export the view"
+            )
+    return max(
+        (info.file_size for info in members if info.filename.startswith("xl/worksheets/")),
+        default=0,
+    )
+
+
+def _sheet_cells(path: Path) -> int:
+    """How many cells calamine's grid would hold for the largest sheet: rows x columns.
+
+    From the sheet's XML, read in pieces: the last row number and the widest
+    column letters (only two- and three-letter ones are looked at: A to Z are
+    narrow anyway). The declared <dimension> is not trusted.
+    """
+    largest = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.startswith("xl/worksheets/") or info.is_dir():
+                continue
+            last_row, width, tail = 0, 26, b""
+            with archive.open(info) as xml:
+                while chunk := xml.read(1 << 20):
+                    data = tail + chunk
+                    rows = _XLSX_ROW.findall(data, max(0, data.rfind(b"<row")))
+                    if rows:
+                        last_row = max(last_row, int(rows[-1]))
+                    for letters in set(_XLSX_WIDE_CELL.findall(data)):
+                        width = max(width, _column_number(letters))
+                    tail = data[-64:]
+            largest = max(largest, last_row * width)
+    return largest
+
+
+def _column_number(letters: bytes) -> int:
+    number = 0
+    for letter in letters:
+        number = number * 26 + letter - 64
+    return number
 
 
 def _cannot_open(path: Path, exc: Exception) -> SourceError:
@@ -805,8 +933,9 @@ def _streamed_xlsx(path: Path) -> _Workbook:
         raise SourceError(f"{path}: workbook has no sheets; re-export the view as XLSX")
 
     def rows(index: int) -> XlsxRows:
-        # Read-only rows start at row 1 and fill gaps, like calamine's.
-        sheet = workbook.worksheets[index]
-        return ((n, list(cells)) for n, cells in enumerate(sheet.iter_rows(values_only=True), 1))
+        # Read-only rows start at row 1 and fill gaps, like calamine's; at most
+        # XLSX_MAX_COLUMNS cells each, whatever the sheet's declared width.
+        cells = workbook.worksheets[index].iter_rows(values_only=True, max_col=XLSX_MAX_COLUMNS)
+        return ((n, list(row)) for n, row in enumerate(cells, 1))
 
     return _Workbook([ws.title for ws in workbook.worksheets], rows, workbook.close)
