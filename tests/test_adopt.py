@@ -707,6 +707,15 @@ def test_a_lossy_type_stops_adopt_with_nothing_changed(empty_db_url: str, dialec
             f'UPDATE {SCHEMA}.timesheets SET "TS-Hours" = 0.1::float8 + 0.2::float8'
         )
         conn.exec_driver_sql(f"UPDATE {SCHEMA}.etl_metadata SET view_name = NULL")
+        # An analyst's views: one on a column adopt must convert, one on a legacy view
+        # revision 0004 replaces. PostgreSQL would refuse both changes midway.
+        conn.exec_driver_sql(
+            f'CREATE VIEW public.v_hours AS SELECT "TS-Hours" FROM {SCHEMA}.timesheets'
+        )
+        conn.exec_driver_sql(
+            f'CREATE VIEW {SCHEMA}.v_my_engineering AS SELECT "TKT-Ticket ID" '
+            f"FROM {SCHEMA}.v_engineering_tickets"
+        )
     before = objects(engine)
     legacy = legacy_columns(engine)
     rows = snapshot(engine, legacy)
@@ -718,12 +727,21 @@ def test_a_lossy_type_stops_adopt_with_nothing_changed(empty_db_url: str, dialec
     assert 'tickets."TKT-Account Id" is BIGINT and some values' in message
     assert 'timesheets."TS-Hours" is DOUBLE PRECISION and 6 values' in message
     assert "etl_metadata.view_name must have a value and 2 rows have none" in message
+    assert 'view public.v_hours uses timesheets."TS-Hours", whose type adopt converts' in message
+    assert (
+        "view servicedesk.v_my_engineering is built on v_engineering_tickets, which adopt "
+        "replaces" in message
+    )
     assert "TKT-Title" not in message  # varchar(500) -> text loses nothing
     assert objects(engine) == before
     assert snapshot(engine, legacy) == rows
     assert migrate.state(engine) == "legacy"
     with pytest.raises(SchemaNotReady):
         migrate.adopt(engine, dry_run=True)
+    cli = CliRunner().invoke(app, ["db", "adopt", "--database-url", empty_db_url])
+    assert cli.exit_code == 2
+    assert cli.stderr.startswith("Error: cannot adopt this database, nothing was changed")
+    assert objects(engine) == before
 
     # The commands it names fix it.
     fixes = re.findall(r"(ALTER TABLE [^;\n]+|DELETE FROM [^;\n]+)", message)
@@ -731,13 +749,32 @@ def test_a_lossy_type_stops_adopt_with_nothing_changed(empty_db_url: str, dialec
     with engine.begin() as conn:
         for fix in fixes:
             conn.exec_driver_sql(fix)
+        # v_hours followed the renamed column; the other view is dropped as advised.
+        conn.exec_driver_sql(f"DROP VIEW {SCHEMA}.v_my_engineering")
     assert "adopted legacy database" in migrate.adopt(engine)
     with engine.begin() as conn:
         command.check(migrate.alembic_config(conn))
         kept = conn.exec_driver_sql(
             f'SELECT "TKT-Account Id (legacy)" FROM {SCHEMA}.tickets'
         ).scalar()
+        hours = conn.exec_driver_sql("SELECT count(*) FROM public.v_hours").scalar()
     assert kept == 3000000000  # the legacy values stayed, beside the model's column
+    assert hours == 3  # the analyst's view still reads them (3 rows archived)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_adopt_on_sqlite_refuses_a_timesheets_column_the_dedup_would_drop(
+    empty_db_url: str, dialect: str
+) -> None:
+    engine = make_engine(empty_db_url)
+    with engine.begin() as conn:
+        for statement in legacy_ddl(dialect, "a", "core"):
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("ALTER TABLE timesheets ADD COLUMN analyst_note TEXT")
+    with pytest.raises(SchemaNotReady, match="timesheets has columns otc-pipeline does not know"):
+        migrate.adopt(engine)
+    assert migrate.state(engine) == "legacy"
     engine.dispose()
 
 
