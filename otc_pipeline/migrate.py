@@ -220,10 +220,12 @@ def adopt(engine: Engine, *, dry_run: bool = False) -> str:
                     "dry run: nothing was changed",
                 ]
             )
+        adoption.set_timesheet_indexes_aside(conn)
         adoption.apply(conn, adopting)
         config = alembic_config(conn)
         command.stamp(config, BASELINE)
         command.upgrade(config, "head")
+        adoption.create_missing_indexes(conn)
         archived = _count(conn, "timesheets_dedup_archive")
         if archived != adopting.duplicates:  # pragma: no cover - the dedup migration's job
             raise OtcError(
