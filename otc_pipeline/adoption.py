@@ -32,7 +32,7 @@ from .db import schema_name
 LEGACY_TABLES = ("tickets", "timesheets", "comments", "user_lookup", "etl_metadata")
 # Tables only otc-pipeline's migrations create: finding them without a version
 # table means a half-migrated database, not a legacy one.
-MIGRATION_TABLES = ("timesheets_dedup_archive", "etl_rejects")
+MIGRATION_TABLES = ("timesheets_dedup_archive", "etl_rejects", "timesheets_time_spellings")
 # What the old loaders wrote (the columns of their INSERTs), plus each table's key: a
 # legacy table must have these. Every other model column is added by adopt.
 LOADER_COLUMNS: dict[str, tuple[str, ...]] = {
