@@ -770,6 +770,22 @@ def test_a_lossy_type_stops_adopt_with_nothing_changed(empty_db_url: str, dialec
     engine.dispose()
 
 
+def test_adopt_counts_what_later_revisions_archive(empty_db_url: str, dialect: str) -> None:
+    """Entries spelled "9:00" and "09:00" collide once times are canonical (0005)."""
+    engine = make_engine(empty_db_url)
+    with engine.begin() as conn:
+        for statement in legacy_ddl(dialect, "a", "core"):
+            conn.exec_driver_sql(statement)
+        seed(conn, "a", "core")
+        insert(conn, "timesheets", [{**timesheet("amiller", None, "x"), "TS-Time From": "9:00"}])
+    total = count(engine, "timesheets")
+    message = migrate.adopt(engine)
+    assert "3 duplicate timesheets archived" in message
+    assert "1 more timesheets archived by the later revisions" in message
+    assert count(engine, "timesheets") + count(engine, "timesheets_dedup_archive") == total
+    engine.dispose()
+
+
 @pytest.mark.parametrize("dialect", ["sqlite"])
 def test_adopt_on_sqlite_refuses_a_timesheets_column_the_dedup_would_drop(
     empty_db_url: str, dialect: str
