@@ -32,7 +32,7 @@ from .db import schema_name
 LEGACY_TABLES = ("tickets", "timesheets", "comments", "user_lookup", "etl_metadata")
 # Tables only otc-pipeline's migrations create: finding them without a version
 # table means a half-migrated database, not a legacy one.
-MIGRATION_TABLES = ("timesheets_dedup_archive", "etl_rejects")
+MIGRATION_TABLES = ("timesheets_dedup_archive", "etl_rejects", "timesheets_time_spellings")
 # What the old loaders wrote (the columns of their INSERTs), plus each table's key: a
 # legacy table must have these. Every other model column is added by adopt.
 LOADER_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -312,12 +312,75 @@ def plan(conn: Connection) -> Plan:
                 f"{table}.{_quote(conn, name)} must have a value and {nulls:,} rows have "
                 f"none; fill them in, or remove them: {fix}"
             )
-    if result.conversions and is_pg:
+    if is_pg:
         views = set(inspector.get_view_names(schema=schema))
-        result.views_to_replace = [v for v in OWN_VIEWS if v in views]
+        if result.conversions:
+            result.views_to_replace = [v for v in OWN_VIEWS if v in views]
+        result.problems += _views_in_the_way(conn, result, [v for v in OWN_VIEWS if v in views])
+    else:
+        result.problems += _sqlite_columns_the_dedup_drops(conn)
     result.timesheets = _count(conn, "timesheets")
     result.duplicates, result.duplicate_groups = _duplicates(conn)
     return result
+
+
+# Views (in any schema) that use a given column or view of ours.
+DEPENDENT_VIEWS = text(
+    """
+    SELECT DISTINCT vn.nspname, v.relname
+    FROM pg_depend d
+    JOIN pg_rewrite r ON r.oid = d.objid
+    JOIN pg_class v ON v.oid = r.ev_class
+    JOIN pg_namespace vn ON vn.oid = v.relnamespace
+    JOIN pg_class t ON t.oid = d.refobjid
+    JOIN pg_namespace tn ON tn.oid = t.relnamespace
+    LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+    WHERE d.classid = 'pg_rewrite'::regclass AND v.oid <> t.oid
+      AND tn.nspname = :schema AND t.relname = :name
+      AND (CAST(:column AS text) IS NULL OR a.attname = :column)
+    ORDER BY 1, 2
+    """
+)
+
+
+def _views_in_the_way(conn: Connection, result: Plan, own_views: list[str]) -> list[str]:
+    """Someone's views that would stop adopt: on a column it converts, or on a view it replaces.
+
+    PostgreSQL refuses to change the type of a column a view uses, and revision 0004
+    replaces the analyst views without CASCADE. Found before anything changes.
+    """
+    schema = schema_name(conn)
+    blocked: list[tuple[str, str, str]] = []
+    for conversion in result.conversions:
+        where = f"{conversion.table}.{_quote(conn, conversion.column)}"
+        params = {"schema": schema, "name": conversion.table, "column": conversion.column}
+        for view_schema, view in conn.execute(DEPENDENT_VIEWS, params):
+            if not (view_schema == schema and view in OWN_VIEWS):
+                blocked.append((view_schema, view, f"uses {where}, whose type adopt converts"))
+    for own in own_views:
+        params = {"schema": schema, "name": own, "column": None}
+        for view_schema, view in conn.execute(DEPENDENT_VIEWS, params):
+            if not (view_schema == schema and view in OWN_VIEWS):
+                blocked.append((view_schema, view, f"is built on {own}, which adopt replaces"))
+    return [
+        f"view {view_schema}.{_quote(conn, view)} {why}; save its definition "
+        f"(SELECT pg_get_viewdef('{view_schema}.{_quote(conn, view)}'::regclass)), drop it, "
+        "and create it again after adopt"
+        for view_schema, view, why in blocked
+    ]
+
+
+def _sqlite_columns_the_dedup_drops(conn: Connection) -> list[str]:
+    """On SQLite the dedup migration copies timesheets into a new table, model columns only."""
+    present = {c["name"] for c in inspect(conn).get_columns("timesheets")}
+    extra = sorted(present - {c.name for c in model_table("timesheets").columns})
+    if not extra:
+        return []
+    return [
+        f"timesheets has columns otc-pipeline does not know ({', '.join(map(repr, extra))}); "
+        "on SQLite the dedup migration copies the table without them: move them to a table "
+        "of their own first"
+    ]
 
 
 def _compare_column(
@@ -356,7 +419,10 @@ def _compare_column(
 
 
 def apply(conn: Connection, adopting: Plan) -> None:
-    """Make the planned changes in ``conn``'s transaction (the plan has no problems)."""
+    """Make the planned changes in ``conn``'s transaction (the plan has no problems).
+
+    Indexes come last, after the upgrade: :func:`create_missing_indexes`.
+    """
     schema = schema_name(conn)
     ops = Operations(MigrationContext.configure(conn))
     if adopting.plain_unique_entry:
@@ -397,14 +463,33 @@ def apply(conn: Connection, adopting: Plan) -> None:
             # SQLite changes a column by copying its table, every column included.
             with ops.batch_alter_table(table) as batch:
                 batch.alter_column(name, **change)
-    # Looked up again: on SQLite, giving etl_metadata its id copies the table, indexes
-    # left behind.
+
+
+def create_missing_indexes(conn: Connection) -> None:
+    """Create the legacy tables' model indexes that are not there."""
+    schema = schema_name(conn)
     inspector = inspect(conn)
     for table in LEGACY_TABLES:
         existing = {i["name"] for i in inspector.get_indexes(table, schema=schema)}
         for index in model_table(table).indexes:
             if index.name and index.name != UNIQUE_ENTRY and index.name not in existing:
                 index.create(conn)
+
+
+def set_timesheet_indexes_aside(conn: Connection) -> None:
+    """Drop timesheets' indexes while adopt rewrites every row (PostgreSQL).
+
+    A type conversion rewrites the table, and the dedup migration numbering the rows
+    writes a new version of each one, every index entry with it; building the indexes
+    once afterwards (:func:`create_missing_indexes`) is faster. Nothing is lost: all of
+    it is one transaction.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    existing = {i["name"] for i in inspect(conn).get_indexes("timesheets", schema_name(conn))}
+    for index in model_table("timesheets").indexes:
+        if index.name in existing and index.name != UNIQUE_ENTRY:
+            index.drop(conn)
 
 
 def _drop_plain_unique_entry(conn: Connection) -> None:

@@ -220,18 +220,27 @@ def adopt(engine: Engine, *, dry_run: bool = False) -> str:
                     "dry run: nothing was changed",
                 ]
             )
+        adoption.set_timesheet_indexes_aside(conn)
         adoption.apply(conn, adopting)
         config = alembic_config(conn)
         command.stamp(config, BASELINE)
         command.upgrade(config, "head")
+        adoption.create_missing_indexes(conn)
         archived = _count(conn, "timesheets_dedup_archive")
-        if archived != adopting.duplicates:  # pragma: no cover - the dedup migration's job
+        kept = _count(conn, "timesheets")
+        if archived + kept != adopting.timesheets:  # pragma: no cover - the migrations' job
             raise OtcError(
-                f"adopt archived {archived} duplicate timesheets, not the "
-                f"{adopting.duplicates} it counted; nothing was changed"
+                f"adopt would keep {kept} and archive {archived} of {adopting.timesheets} "
+                "timesheets, which loses some; nothing was changed"
             )
         revision = _revision_text(conn)
         lines = adoption.describe(adopting, conn, done=True)
+        if archived > adopting.duplicates:
+            lines.append(
+                f"{archived - adopting.duplicates:,} more timesheets archived by the later "
+                "revisions (entries that became duplicates once their times were made "
+                f"canonical), {kept:,} kept in all"
+            )
     return "\n".join(
         [
             f"adopted legacy database ({adopting.kind}); now at revision {revision} (head):",

@@ -494,6 +494,112 @@ def sample(folder: Path, rows: int, seed: int) -> Path:
     return folder / "timesheets.json"
 
 
+# --- adopt of a production-size legacy database ------------------------------------------
+
+# The legacy servicedesk database as the old scripts built it: keys and the columns
+# their INSERTs carried, "TS-Hours" as double precision (adopt converts it, which
+# rewrites timesheets), no unique entry (before the clean-up), the legacy indexes.
+LEGACY_SQL = """
+CREATE SCHEMA servicedesk;
+CREATE TABLE servicedesk.tickets ("TKT-Ticket ID" integer PRIMARY KEY, "TKT-Title" text,
+  "TKT-Status" text, "TKT-Severity" text, "TKT-Category" text, "TKT-Team" text,
+  "TKT-Assigned To User" text, "TKT-Created Time" timestamp, "TKT-Modified Time" timestamp,
+  "TKT-Account Name" text, "TKT-Client Name" text);
+CREATE TABLE servicedesk.timesheets ("TS-User Username" text, "TS-User Full Name" text,
+  "TS-Date" timestamp, "TS-Time From" text, "TS-Time To" text,
+  "TS-Hours" double precision, "TS-Category" text, "TS-Sub Category" text, "TS-Type" text,
+  "TS-Crm ID" integer, "TS-Description" text, "TS-Account Name" text);
+CREATE TABLE servicedesk.comments (comment_id integer PRIMARY KEY, ticket_id integer,
+  comment_text text, user_id text, user_name text, owner_type text,
+  created_time timestamp, visible_to_customer text, comment_type text, team text);
+CREATE TABLE servicedesk.user_lookup (id serial PRIMARY KEY,
+  short_username text CONSTRAINT user_lookup_short_username_key UNIQUE,
+  full_name text CONSTRAINT user_lookup_full_name_unique UNIQUE, email text, team text,
+  source text, updated_at timestamp DEFAULT now());
+CREATE TABLE servicedesk.etl_metadata (id serial PRIMARY KEY, view_name text,
+  records_fetched integer, records_inserted integer, records_updated integer,
+  load_status text, load_duration_seconds numeric, last_load_time timestamp);
+INSERT INTO servicedesk.tickets
+  SELECT n, 'Ticket ' || n, (ARRAY['Open','Closed','In Progress'])[1 + n %% 3], 'P3',
+         'Incident', (ARRAY['NOC','Cloud - Infrastructure','Cloud - Security'])[1 + n %% 3],
+         'User ' || n %% 350, timestamp '2023-01-01' + n * interval '7 minutes',
+         timestamp '2023-01-01' + n * interval '8 minutes', 'Account ' || n %% 900,
+         'Client ' || n %% 400
+  FROM generate_series(1, %(tickets)s) AS n;
+INSERT INTO servicedesk.timesheets
+  SELECT 'user' || n %% 350, 'User ' || n %% 350,
+         date '2024-07-01' + (n / 1500) * interval '1 day',
+         to_char(time '00:00' + (n %% 1500) * interval '1 minute', 'HH24:MI'), NULL,
+         (n %% 16) * 0.25, 'Work', 'Project', 'Normal',
+         CASE WHEN n %% 5 = 0 THEN NULL ELSE n %% %(tickets)s + 1 END, 'entry ' || n,
+         'Account ' || n %% 900
+  FROM generate_series(1, %(unique_timesheets)s) AS n;
+-- Duplicates as the reloads left them: the same entry once more.
+INSERT INTO servicedesk.timesheets
+  SELECT * FROM servicedesk.timesheets LIMIT %(duplicates)s;
+INSERT INTO servicedesk.comments
+  SELECT n, n %% %(tickets)s + 1, 'comment ' || n, (n %% 350)::text, 'user' || n %% 350,
+         'Engineer', timestamp '2025-01-01' + n * interval '1 minute', 'No', 'Note', 'NOC'
+  FROM generate_series(1, %(comments)s) AS n;
+INSERT INTO servicedesk.user_lookup (short_username, full_name, source)
+  SELECT 'user' || n, 'User ' || n, 'auto_etl' FROM generate_series(0, 349) AS n;
+INSERT INTO servicedesk.etl_metadata (view_name, records_fetched, load_status)
+  VALUES ('tickets', %(tickets)s, 'success'), ('timesheets', 0, 'success');
+"""
+INDEX_SQL = """
+CREATE INDEX idx_tickets_team ON servicedesk.tickets ("TKT-Team");
+CREATE INDEX idx_tickets_status ON servicedesk.tickets ("TKT-Status");
+CREATE INDEX idx_tickets_status_team ON servicedesk.tickets ("TKT-Status", "TKT-Team");
+CREATE INDEX idx_tickets_assigned_user ON servicedesk.tickets ("TKT-Assigned To User");
+CREATE INDEX idx_tickets_modified_time ON servicedesk.tickets ("TKT-Modified Time");
+CREATE INDEX idx_tickets_created_time ON servicedesk.tickets ("TKT-Created Time");
+CREATE INDEX idx_timesheets_crm_id ON servicedesk.timesheets ("TS-Crm ID");
+CREATE INDEX idx_timesheets_user ON servicedesk.timesheets ("TS-User Username");
+CREATE INDEX idx_timesheets_date ON servicedesk.timesheets ("TS-Date");
+CREATE INDEX idx_timesheets_user_date ON servicedesk.timesheets ("TS-User Username", "TS-Date");
+CREATE INDEX idx_comments_ticket_id ON servicedesk.comments (ticket_id);
+CREATE INDEX idx_comments_user_name ON servicedesk.comments (user_name);
+CREATE INDEX idx_comments_created_time ON servicedesk.comments (created_time);
+CREATE INDEX idx_etl_metadata_view ON servicedesk.etl_metadata (view_name);
+ANALYZE;
+"""
+
+
+def adopt_bench(args: argparse.Namespace, server: Server, env: dict[str, str]) -> dict[str, Any]:
+    """Time `otc db adopt --dry-run` and `otc db adopt` on a production-size legacy database."""
+    name = server.create()
+    sizes = {
+        "tickets": args.adopt_tickets,
+        "unique_timesheets": args.adopt_timesheets - args.adopt_duplicates,
+        "duplicates": args.adopt_duplicates,
+        "comments": args.adopt_comments,
+    }
+    t = time.perf_counter()
+    conn = psycopg2.connect(dsn_for(args.server, name))
+    with conn, conn.cursor() as cur:
+        # %% in LEGACY_SQL is SQL's modulo, escaped for psycopg2's parameters.
+        cur.execute(LEGACY_SQL, sizes)
+        cur.execute(INDEX_SQL)
+    conn.close()
+    print(
+        f"legacy database: {args.adopt_timesheets:,} timesheets ({args.adopt_duplicates:,} "
+        f"duplicates), {args.adopt_tickets:,} tickets, {args.adopt_comments:,} comments, "
+        f"built in {time.perf_counter() - t:.1f} s"
+    )
+    url = url_for(args.server, name)
+    dry = run_measured([*OTC, "db", "adopt", "--dry-run", "--database-url", url], env)
+    adopted = run_measured([*OTC, "db", "adopt", "--database-url", url], env)
+    print(f"adopt --dry-run: {dry.seconds:.1f} s")
+    print(f"adopt          : {adopted.seconds:.1f} s, peak RSS {adopted.peak_rss_mb:.0f} MB")
+    print(adopted.stdout.rstrip())
+    return {
+        "adopt_timesheets": args.adopt_timesheets,
+        "adopt_dry_run_s": round(dry.seconds, 1),
+        "adopt_s": round(adopted.seconds, 1),
+        "adopt_peak_rss_mb": round(adopted.peak_rss_mb),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -519,6 +625,15 @@ def main() -> None:
         ),
         help="PostgreSQL server (an SQLAlchemy URL) where throwaway databases may be created",
     )
+    parser.add_argument(
+        "--adopt",
+        action="store_true",
+        help="only measure `otc db adopt` on a production-size legacy database",
+    )
+    parser.add_argument("--adopt-timesheets", type=int, default=850_000, metavar="N")
+    parser.add_argument("--adopt-duplicates", type=int, default=4_000, metavar="N")
+    parser.add_argument("--adopt-tickets", type=int, default=190_000, metavar="N")
+    parser.add_argument("--adopt-comments", type=int, default=320_000, metavar="N")
     args = parser.parse_args()
     server = Server(dsn_for(args.server, args.server.rsplit("/", 1)[-1] or "postgres"))
     work = Path(tempfile.mkdtemp(prefix="otc-bench-"))
@@ -528,6 +643,10 @@ def main() -> None:
         "date": datetime.now().isoformat(timespec="seconds"),
     }
     try:
+        if args.adopt:
+            results.update(adopt_bench(args, server, env))
+            print(json.dumps(results))
+            return
         t = time.perf_counter()
         path = sample(work / "sample", args.rows, seed=1)
         print(

@@ -173,6 +173,9 @@ INDEXES = {
     "etl_metadata": {"idx_etl_metadata_view": ["view_name"]},
 }
 
+# Someone dropped this legacy index by hand in the "every" shape; adopt creates it again.
+DROPPED_BY_HAND = "idx_tickets_created_time"
+
 # Other tools' objects in the same schema (the "foreign" shape).
 FOREIGN_TABLES = ("team_members", "team_queue_assignments", "team_member_history")
 ANALYST_COLUMN = ("tickets", "analyst_priority")
@@ -260,6 +263,8 @@ def legacy_ddl(dialect: str, state: str, shape: str = "every") -> list[str]:
             parts.append("CONSTRAINT user_lookup_full_name_unique UNIQUE (full_name)")
         statements.append(f"CREATE TABLE {prefix}{name} ({', '.join(parts)})")
         for index, on in INDEXES[name].items():
+            if shape == "every" and index == DROPPED_BY_HAND:
+                continue
             columns_sql = ", ".join(f'"{c}"' for c in on)
             statements.append(f"CREATE INDEX {index} ON {prefix}{name} ({columns_sql})")
     if pg and shape == "every":
@@ -577,6 +582,8 @@ def test_adopt_takes_over_every_legacy_shape_and_equals_a_fresh_database(
     assert migrate.head_revision() in plan
     if shape != "every":
         assert '"TKT-Description"' in plan and '"TS-Notes"' in plan  # columns to add
+    if shape == "every":
+        assert f"create indexes {DROPPED_BY_HAND}" in plan
     if shape == "every" and dialect == "postgresql":
         assert 'timesheets."TS-Hours" DOUBLE PRECISION -> NUMERIC' in plan
     assert objects(engine) == schema_before
@@ -707,6 +714,15 @@ def test_a_lossy_type_stops_adopt_with_nothing_changed(empty_db_url: str, dialec
             f'UPDATE {SCHEMA}.timesheets SET "TS-Hours" = 0.1::float8 + 0.2::float8'
         )
         conn.exec_driver_sql(f"UPDATE {SCHEMA}.etl_metadata SET view_name = NULL")
+        # An analyst's views: one on a column adopt must convert, one on a legacy view
+        # revision 0004 replaces. PostgreSQL would refuse both changes midway.
+        conn.exec_driver_sql(
+            f'CREATE VIEW public.v_hours AS SELECT "TS-Hours" FROM {SCHEMA}.timesheets'
+        )
+        conn.exec_driver_sql(
+            f'CREATE VIEW {SCHEMA}.v_my_engineering AS SELECT "TKT-Ticket ID" '
+            f"FROM {SCHEMA}.v_engineering_tickets"
+        )
     before = objects(engine)
     legacy = legacy_columns(engine)
     rows = snapshot(engine, legacy)
@@ -718,12 +734,21 @@ def test_a_lossy_type_stops_adopt_with_nothing_changed(empty_db_url: str, dialec
     assert 'tickets."TKT-Account Id" is BIGINT and some values' in message
     assert 'timesheets."TS-Hours" is DOUBLE PRECISION and 6 values' in message
     assert "etl_metadata.view_name must have a value and 2 rows have none" in message
+    assert 'view public.v_hours uses timesheets."TS-Hours", whose type adopt converts' in message
+    assert (
+        "view servicedesk.v_my_engineering is built on v_engineering_tickets, which adopt "
+        "replaces" in message
+    )
     assert "TKT-Title" not in message  # varchar(500) -> text loses nothing
     assert objects(engine) == before
     assert snapshot(engine, legacy) == rows
     assert migrate.state(engine) == "legacy"
     with pytest.raises(SchemaNotReady):
         migrate.adopt(engine, dry_run=True)
+    cli = CliRunner().invoke(app, ["db", "adopt", "--database-url", empty_db_url])
+    assert cli.exit_code == 2
+    assert cli.stderr.startswith("Error: cannot adopt this database, nothing was changed")
+    assert objects(engine) == before
 
     # The commands it names fix it.
     fixes = re.findall(r"(ALTER TABLE [^;\n]+|DELETE FROM [^;\n]+)", message)
@@ -731,13 +756,48 @@ def test_a_lossy_type_stops_adopt_with_nothing_changed(empty_db_url: str, dialec
     with engine.begin() as conn:
         for fix in fixes:
             conn.exec_driver_sql(fix)
+        # v_hours followed the renamed column; the other view is dropped as advised.
+        conn.exec_driver_sql(f"DROP VIEW {SCHEMA}.v_my_engineering")
     assert "adopted legacy database" in migrate.adopt(engine)
     with engine.begin() as conn:
         command.check(migrate.alembic_config(conn))
         kept = conn.exec_driver_sql(
             f'SELECT "TKT-Account Id (legacy)" FROM {SCHEMA}.tickets'
         ).scalar()
+        hours = conn.exec_driver_sql("SELECT count(*) FROM public.v_hours").scalar()
     assert kept == 3000000000  # the legacy values stayed, beside the model's column
+    assert hours == 3  # the analyst's view still reads them (3 rows archived)
+    engine.dispose()
+
+
+def test_adopt_counts_what_later_revisions_archive(empty_db_url: str, dialect: str) -> None:
+    """Entries spelled "9:00" and "09:00" collide once times are canonical (0005)."""
+    engine = make_engine(empty_db_url)
+    with engine.begin() as conn:
+        for statement in legacy_ddl(dialect, "a", "core"):
+            conn.exec_driver_sql(statement)
+        seed(conn, "a", "core")
+        insert(conn, "timesheets", [{**timesheet("amiller", None, "x"), "TS-Time From": "9:00"}])
+    total = count(engine, "timesheets")
+    message = migrate.adopt(engine)
+    assert "3 duplicate timesheets archived" in message
+    assert "1 more timesheets archived by the later revisions" in message
+    assert count(engine, "timesheets") + count(engine, "timesheets_dedup_archive") == total
+    engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+def test_adopt_on_sqlite_refuses_a_timesheets_column_the_dedup_would_drop(
+    empty_db_url: str, dialect: str
+) -> None:
+    engine = make_engine(empty_db_url)
+    with engine.begin() as conn:
+        for statement in legacy_ddl(dialect, "a", "core"):
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("ALTER TABLE timesheets ADD COLUMN analyst_note TEXT")
+    with pytest.raises(SchemaNotReady, match="timesheets has columns otc-pipeline does not know"):
+        migrate.adopt(engine)
+    assert migrate.state(engine) == "legacy"
     engine.dispose()
 
 
