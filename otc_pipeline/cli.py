@@ -537,6 +537,44 @@ def rejects(
         )
 
 
+@app.command("prune")
+@handle_errors
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            help="Remove runs (and their rejected rows) older than this: 90d, 12w, 36h; "
+            "a bare number is days.",
+            show_default=False,
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be removed; remove nothing.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Runs removed per transaction.")
+    ] = 500,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove old runs from etl_metadata and their rejects; never the latest run of a view."""
+    from . import commands
+    from .settings import parse_hours
+
+    hours = parse_hours(older_than, "--older-than", default_unit="d")
+    result = commands.prune(database_url, hours, dry_run=dry_run, batch_size=batch_size)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    verb = "would remove" if result.dry_run else "removed"
+    typer.echo(
+        f"{verb} {result.runs:,} runs and {result.rejects:,} rejected rows older than "
+        f"{hours / 24:g} days (before {result.cutoff:%Y-%m-%d %H:%M} UTC); "
+        "the latest run of each view is kept"
+    )
+
+
 # --- otc sample -------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from . import freshness, migrate, pipeline, runs
+from . import freshness, migrate, pipeline, retention, runs
 from .db import connect_engine, schema_lock
 from .errors import ConfigError, SchemaNotReady, SourceError
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
@@ -380,3 +380,17 @@ def users_refresh(database_url: str | None) -> dict[str, Any]:
         # A timesheets load refreshes user_lookup too: never both at once.
         with runs.view_lock(engine, "timesheets") as conn, conn.begin():
             return users.refresh(conn)
+
+
+def prune(
+    database_url: str | None, older_than_hours: float, *, dry_run: bool, batch_size: int
+) -> retention.PruneResult:
+    """Remove runs older than the given age and their rejects (see retention.py)."""
+    with _database(database_url, at_head=True) as engine:
+        return retention.prune(
+            engine,
+            timedelta(hours=older_than_hours),
+            runs.utcnow(),
+            dry_run=dry_run,
+            batch_size=batch_size,
+        )

@@ -117,7 +117,9 @@ def view_freshness(
     empty_api = and_(EtlRun.source == "api", EtlRun.records_fetched == 0)
     with_records = latest(EtlRun.load_status.in_(GOOD_STATUSES), not_(empty_api))
     since = with_records.load_end if with_records is not None else None
-    age = round((now - since).total_seconds() / 3600, 1) if since is not None else None
+    # Compared unrounded (a threshold of minutes is honoured), shown to a tenth of an hour.
+    exact_age = (now - since).total_seconds() / 3600 if since is not None else None
+    age = round(exact_age, 1) if exact_age is not None else None
     ago = f"{age:g} h ago" if age is not None else "never"
 
     if last is not None and last.load_status in FAILED_STATUSES:
@@ -127,14 +129,14 @@ def view_freshness(
             f"the last run ({last.id}) {last.load_status}: {first_line}; "
             f"last successful load {ago}",
         )
-    elif age is None:
+    elif exact_age is None:
         state = ERROR
         reason = (
             "the API loads fetched 0 records; no load has brought any"
             if good is not None
             else "never loaded"
         )
-    elif age > limits.error_hours:
+    elif exact_age > limits.error_hours:
         state, reason = (
             ERROR,
             f"last successful load {ago} (error after {_hours(limits.error_hours)})",
@@ -145,7 +147,7 @@ def view_freshness(
             f"the last API load (run {good.id}) fetched 0 records; the last load with "
             f"records was {ago}",
         )
-    elif age > limits.warn_hours:
+    elif exact_age > limits.warn_hours:
         state, reason = (
             WARN,
             f"last successful load {ago} (warn after {_hours(limits.warn_hours)})",
