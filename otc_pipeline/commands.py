@@ -13,30 +13,65 @@ from sqlalchemy.orm import Session
 
 from . import freshness, migrate, pipeline, runs
 from .db import connect_engine
-from .errors import ConfigError, SchemaNotReady, SourceError
+from .errors import ConfigError, NotFound, SchemaNotReady
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
-from .settings import database_setting, date_order_setting, mask_url
+from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
 from .sources.files import ReadOptions
 from .views import VIEW_ORDER, VIEWS
 
 
+def missing_sqlite_file(setting: DatabaseSetting) -> Path | None:
+    """The absolute path of an SQLite database file that does not exist yet, else None."""
+    if setting.url.get_backend_name() != "sqlite":
+        return None
+    database = setting.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database).absolute()
+    return None if path.exists() else path
+
+
+def database_name(database_url: str | None) -> str:
+    """The configured database as shown to users: password masked, an SQLite file absolute."""
+    setting = database_setting(database_url)
+    url = setting.url
+    database = url.database
+    if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+        if not database.startswith("file:"):
+            url = url.set(database=str(Path(database).absolute()))
+    return mask_url(url)
+
+
 @contextmanager
-def _database(database_url: str | None, *, at_head: bool = False) -> Iterator[Engine]:
+def _database(
+    database_url: str | None, *, at_head: bool = False, read_only: bool = False
+) -> Iterator[Engine]:
     """An engine on the configured database, disposed of afterwards.
 
     With ``at_head``, a database that is empty, behind or not adopted is refused
     with the command that fixes it (for commands that only read the records).
+    With ``read_only``, an SQLite file that does not exist is refused instead of
+    created (a mistyped URL must not leave a new empty database behind).
     """
-    engine = connect_engine(database_setting(database_url))
+    setting = database_setting(database_url)
+    if read_only:
+        missing = missing_sqlite_file(setting)
+        if missing is not None:
+            raise NotFound(
+                f"there is no database at {missing} (nothing was created); check --database-url "
+                "or OTC_DATABASE_URL, or load something first (`otc load all --from DIR`)"
+            )
+    engine = connect_engine(setting)
     try:
         state = migrate.state(engine) if at_head else "head"
         if state == "empty":
             raise SchemaNotReady(
-                "the database is empty; load something first (`otc load all --from DIR`)"
+                f"the database {setting.masked} is empty; load something first "
+                "(`otc load all --from DIR`)"
             )
         if state != "head":
             raise SchemaNotReady(
-                f"the database schema is not at head ({state}); "
+                f"the database schema of {setting.masked} is not at head ({state}); "
                 "run `otc db upgrade` or `otc db adopt`"
             )
         yield engine
@@ -44,18 +79,42 @@ def _database(database_url: str | None, *, at_head: bool = False) -> Iterator[En
         engine.dispose()
 
 
+def check_view(view: str | None, *, allow_all: bool = False) -> None:
+    """Refuse a view name that is not one of ours (a usage error, before any database work)."""
+    if view is None or view in VIEWS or (allow_all and view == "all"):
+        return
+    choices = ", ".join(VIEW_ORDER) + (" or all" if allow_all else "")
+    raise NotFound(f"unknown view {view!r}; use one of {choices}")
+
+
+def _check_revision(revision: str) -> None:
+    """Refuse a revision Alembic does not know (relative ones like -1 are Alembic's to judge)."""
+    if revision in ("head", "heads", "base") or revision[:1] in "+-" or "@" in revision:
+        return
+    from alembic.util import CommandError
+
+    try:
+        found = migrate.script_directory().get_revisions(revision)
+    except CommandError:
+        found = ()
+    if not found:
+        raise NotFound(f"unknown revision {revision!r}; see `otc db history` for the revisions")
+
+
 def db_upgrade(database_url: str | None, revision: str = "head") -> str:
+    _check_revision(revision)
     with _database(database_url) as engine:
         return migrate.upgrade(engine, revision)
 
 
 def db_downgrade(database_url: str | None, revision: str) -> str:
+    _check_revision(revision)
     with _database(database_url) as engine:
         return migrate.downgrade(engine, revision)
 
 
 def db_current(database_url: str | None) -> str:
-    with _database(database_url) as engine:
+    with _database(database_url, read_only=True) as engine:
         return f"{mask_url(engine.url)}: {migrate.describe_current(engine)}"
 
 
@@ -84,17 +143,21 @@ def load(
     options = ReadOptions(
         sheet=sheet, delimiter=delimiter, encoding=encoding, date_order=_date_order(date_order)
     ).checked()
-    if view != "all" and view not in VIEWS:
-        raise ConfigError(f"unknown view {view!r}; use one of {', '.join(VIEW_ORDER)} or all")
+    check_view(view, allow_all=True)
     if source != "api":
         path = Path(source)
         if not path.exists():
-            raise SourceError(
-                f"{path} does not exist; give a file (.json, .csv, .xlsx) or a folder"
+            raise NotFound(
+                f"{path} does not exist; give a file (.json, .csv, .xlsx) or a folder to --from"
             )
         if view != "all" and path.is_dir():
             raise ConfigError(
                 f"{path} is a folder; give the {view} export file, or use `otc load all --from {path}`"
+            )
+        if view == "all" and not path.is_dir():
+            raise ConfigError(
+                f"{path} is a file; `otc load all --from` takes a folder of exports, "
+                "or load the file as its view (`otc load tickets --from FILE`)"
             )
     from . import monitoring
 
@@ -174,7 +237,8 @@ def _run_dict(run: EtlRun) -> dict[str, Any]:
 
 def runs_history(database_url: str | None, view: str | None, limit: int) -> list[dict[str, Any]]:
     """The latest runs, newest first."""
-    with _database(database_url, at_head=True) as engine:
+    check_view(view)
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             query = select(EtlRun).order_by(EtlRun.id.desc()).limit(limit)
             if view:
@@ -184,8 +248,10 @@ def runs_history(database_url: str | None, view: str | None, limit: int) -> list
 
 def rejects(database_url: str | None, run_id: int | None, limit: int) -> list[dict[str, Any]]:
     """Rejected rows of one run (default: the latest run that rejected any)."""
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
+            if run_id is not None and session.get(EtlRun, run_id) is None:
+                raise NotFound(f"there is no run {run_id}; see `otc runs` for the run ids")
             if run_id is None:
                 run_id = session.scalar(select(func.max(EtlReject.run_id)))
                 if run_id is None:
@@ -217,7 +283,7 @@ def status_check(
     error_after: float | None = None,
 ) -> list[freshness.ViewFreshness]:
     """Every view's freshness against its thresholds (for `otc status --check`)."""
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             return freshness.check(
                 session, runs.utcnow(), warn_after=warn_after, error_after=error_after
@@ -229,7 +295,7 @@ def rejects_summary(database_url: str | None, run_id: int | None) -> list[dict[s
 
     Of one run with ``run_id``; else of each view's latest run that rejected any.
     """
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             if run_id is not None:
                 run_ids = [run_id]
@@ -279,7 +345,7 @@ def status(
     """Per view: last run, last successful load and its age, rows, orphans, newest source time."""
     now = runs.utcnow()
     result = []
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             judged = {
                 v.view: v
@@ -355,7 +421,7 @@ def users_list(database_url: str | None) -> list[dict[str, Any]]:
     """Every user_lookup row, by short username."""
     from . import users
 
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with engine.connect() as conn:
             return users.list_users(conn)
 
@@ -364,7 +430,7 @@ def users_conflicts(database_url: str | None) -> list[dict[str, Any]]:
     """Short names with several full names (and the reverse), left as they were."""
     from . import users
 
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with engine.connect() as conn:
             return users.conflicts(conn)
 
