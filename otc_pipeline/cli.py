@@ -25,7 +25,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from . import heartbeat
-from .errors import OtcError
+from .errors import ConfigError, OtcError
 
 # --- the shape every command shares ---------------------------------------------------
 #
@@ -374,11 +374,34 @@ def db_upgrade(
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")],
     database_url: DatabaseUrlOption = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Remove tables and data without asking (for scripts)."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Downgrade the schema to REVISION."""
+    """Downgrade the schema to REVISION; first shows what it removes and asks.
+
+    A downgrade that drops tables, columns or rows lists them with their row counts
+    and asks for confirmation on a terminal; without a terminal it refuses unless
+    --yes is given.
+    """
     from . import commands
 
+    removed = commands.downgrade_preview(database_url, revision)
+    if removed and not yes:
+        database = commands.database_name(database_url)
+        listing = "; ".join(removed)
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"downgrading {database} to {revision} would remove {listing}; "
+                "not on a terminal, so nothing was changed: add --yes to go ahead"
+            )
+        typer.echo(f"Downgrading {database} to {revision} removes:", err=True)
+        for line in removed:
+            typer.echo(f"  {line}", err=True)
+        if not typer.confirm("Remove them?", default=False, err=True):
+            raise ConfigError("downgrade cancelled; nothing was changed")
     message = commands.db_downgrade(database_url, revision)
     _print_db_result(database_url, message, as_json)
 
@@ -389,7 +412,42 @@ def db_current(database_url: DatabaseUrlOption = None, as_json: JsonOption = Fal
     """Show the database's schema revision and whether it is at head (never creates a database)."""
     from . import commands
 
-    message = commands.db_current(database_url)
+    current = commands.db_revisions(database_url)
+    if as_json:
+        print_json(current)
+        return
+    say(f"{current['database']}: {current['message']}")
+
+
+@db_app.command("history", epilog=about(["otc db history", "otc db history --json"]))
+@handle_errors
+def db_history(as_json: JsonOption = False) -> None:
+    """Every schema revision this otc-pipeline knows, newest first (like `alembic history`)."""
+    from . import commands
+
+    revisions = commands.db_history()
+    if as_json:
+        print_json({"revisions": revisions})
+        return
+    for r in revisions:
+        head = " (head)" if r["head"] else ""
+        say(f"{r['down_revision'] or '<base>'} -> {r['revision']}{head}, {r['message']}")
+
+
+@db_app.command(
+    "stamp",
+    epilog=about(["otc db stamp head", "otc db stamp 0003_etl_rejects"], DATABASE_ENV),
+)
+@handle_errors
+def db_stamp(
+    revision: Annotated[str, typer.Argument(help="The revision to record, e.g. head.")],
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record REVISION as the database's without running migrations (like `alembic stamp`)."""
+    from . import commands
+
+    message = commands.db_stamp(database_url, revision)
     _print_db_result(database_url, message, as_json)
 
 
@@ -421,30 +479,7 @@ def _print_db_result(database_url: str | None, message: str, as_json: bool) -> N
 # --- otc load ---------------------------------------------------------------------------
 
 
-def _progress_printer() -> tuple[Any, Callable[[str, int], None]]:
-    """A live "view: N records read" line on stderr (used only on a terminal)."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TextColumn("{task.completed:,} records read"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(view: str, read: int) -> None:
-        if view not in tasks:
-            tasks[view] = progress.add_task(view, total=None)
-        progress.update(tasks[view], completed=read)
-
-    return progress, update
-
-
-def _summary_line(summary: Any) -> str:
+def _summary_line(summary: Any, database: str | None = None) -> str:
     if summary.status == "failed":
         return f"{summary.view}: failed — {summary.error}"
     verb = "would load" if summary.status == "dry-run" else summary.status
@@ -454,16 +489,35 @@ def _summary_line(summary: Any) -> str:
         f"{summary.duplicates:,} duplicates, {summary.rejected:,} rejected "
         f"in {summary.duration_s:.1f} s"
     )
-    if summary.run_id is not None:
-        line += f" (run {summary.run_id})"
+    where = [f"run {summary.run_id}"] if summary.run_id is not None else []
+    if database:
+        where.append(f"in {database}")
+    if where:
+        line += f" ({' '.join(where)})"
     return line
 
 
-def _print_reasons(summary: Any) -> None:
+def _warn_of_implicit_default(database_url: str | None) -> None:
+    """Say so when a load goes to the SQLite default nobody asked for (cron, a typo)."""
+    from . import commands
+    from .settings import database_setting
+
+    if database_setting(database_url).origin != "default" or sys.stdout.isatty():
+        return
+    path = commands.database_name(database_url).removeprefix("sqlite:///")
+    warn(
+        f"no database configured (--database-url, OTC_DATABASE_URL or OTC_PG_*): loading into "
+        f"the default SQLite file {path}; pass --database-url sqlite:///otc.db to mean it"
+    )
+
+
+def _reason_lines(summary: Any) -> list[str]:
     """The most frequent reject reasons, with their counts."""
+    lines = []
     for r in summary.reject_reasons:
         where = f"{r['field']!r}: " if r["field"] else ""
-        say(f"  {r['count']:>7,} rejected: {where}{r['reason']}")
+        lines.append(f"  {r['count']:>7,} rejected: {where}{r['reason']}")
+    return lines
 
 
 @app.command(
@@ -553,47 +607,49 @@ def load(
     143 SIGTERM). With all, the worst code wins: 1, then 75, then 3.
     """
     from . import commands, logs
+    from .display import LoadDisplay
 
-    show_progress = (
-        not as_json and not _state["quiet"] and sys.stderr.isatty() and not logs.is_json()
-    )
-    bar, update = _progress_printer() if show_progress else (None, None)
-    if bar is not None:
-        bar.start()
-    try:
+    _warn_of_implicit_default(database_url)
+    database = commands.database_name(database_url)
+    shown: set[int] = set()
+
+    def show_result(display: LoadDisplay, summary: Any) -> None:
+        """A view's result, the moment it ends: a JSON line, or its lines of text."""
+        shown.add(id(summary))
+        if as_json:
+            print_json({**summary.as_dict(), "database": database})
+            return
+        if summary.status == "failed":
+            if not logs.is_json():  # else the view_result event on stderr says it
+                display.result(f"Error: {summary.view}: {summary.error}", mark="✗", err=True)
+        elif summary.status != "missing" and not _state["quiet"]:
+            display.result(_summary_line(summary, database), mark="✓")
+        if summary.status != "missing" and not _state["quiet"]:
+            for line in _reason_lines(summary):
+                display.result(line)
+            if summary.rejected and summary.run_id is not None and summary.status != "failed":
+                display.result(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
+        if not logs.is_json():  # else view_warning events say them
+            for warning in summary.warnings:
+                display.result(f"warning: {summary.view}: {warning}", mark="!", err=True)
+
+    live = not as_json and not _state["quiet"] and sys.stderr.isatty() and not logs.is_json()
+    with LoadDisplay(live=live, verbose=_state["verbose"], show_result=show_result) as display:
         summaries = commands.load(
             database_url,
             view,
             source,
             chunk_size=chunk_size,
             dry_run=dry_run,
-            progress=update,
+            progress=display,
             date_order=date_order,
             sheet=sheet,
             delimiter=delimiter,
             encoding=encoding,
         )
-    finally:
-        if bar is not None:
-            bar.stop()
-    database = commands.database_name(database_url)
-    for summary in summaries:
-        if as_json:
-            print_json({**summary.as_dict(), "database": database})
-        elif summary.status == "missing":
-            pass  # its warning follows
-        elif summary.status == "failed":
-            if not logs.is_json():  # else the view_result event on stderr says it
-                typer.echo(f"Error: {summary.view}: {summary.error}", err=True)
-            _print_reasons(summary)
-        else:
-            say(_summary_line(summary))
-            _print_reasons(summary)
-            if summary.rejected and summary.run_id is not None:
-                say(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
-        if not as_json and not logs.is_json():  # else view_warning events say them
-            for warning in summary.warnings:
-                typer.echo(f"warning: {summary.view}: {warning}", err=True)
+        for summary in summaries:  # views that never started: missing from the folder
+            if id(summary) not in shown:
+                show_result(display, summary)
     from .pipeline import worst_exit_code
 
     raise typer.Exit(worst_exit_code(summaries))
@@ -682,20 +738,65 @@ def status(
     if as_json:
         print_json({"database": commands.database_name(database_url), "views": views})
         return
+    _print_status_table(commands.database_name(database_url), views)
+
+
+def _age(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def _print_status_table(database: str, views: list[dict[str, Any]]) -> None:
+    """`otc status` as a table that fits 80 columns, times in UTC, trouble highlighted."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if _state["quiet"]:
+        return
+    console = Console(width=None if sys.stdout.isatty() else 80, highlight=False)
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column("view")
+    table.add_column("rows", justify="right")
+    table.add_column("orphans*", justify="right")
+    table.add_column("last success (UTC)")
+    table.add_column("age", justify="right")
+    table.add_column("last run")
+    table.add_column("state")
     for v in views:
-        age = "never loaded" if v["age_hours"] is None else f"{v['age_hours']} h ago"
-        flag = "  STALE" if v["stale"] else ""
-        say(
-            f"{v['view']:<11} {_fmt(v['rows']):>10} rows  last success {_fmt(v['last_success'])} "
-            f"({age}){flag}"
+        last_run = "-"
+        if v["last_run_id"] is not None:
+            last_run = f"{v['last_run_id']} {v['last_status']}"
+            if v["last_run_rejected"]:
+                last_run += f", {v['last_run_rejected']:,} rej"
+        run_style = "bold red" if v["last_status"] == "failed" else ""
+        if v["last_success"] is None:
+            state = Text("NEVER LOADED", style="bold red")
+        elif v["stale"]:
+            state = Text("STALE", style="bold red")
+        else:
+            state = Text("fresh", style="green")
+        table.add_row(
+            v["view"],
+            _fmt(v["rows"]),
+            _fmt(v["orphans"]),
+            _fmt(v["last_success"]),
+            _age(v["age_hours"]),
+            Text(last_run, style=run_style),
+            state,
         )
-        say(
-            f"{'':<11} last run {_fmt(v['last_run_id'])}: {_fmt(v['last_status'])}, "
-            f"{_fmt(v['last_run_rejected'])} rejected; orphans {_fmt(v['orphans'])}; "
-            f"newest source time {_fmt(v['latest_source_time'])}"
-        )
+    say(f"database: {database}")  # whole, never wrapped: it is what people copy
+    console.print(table)
+    for v in views:
         if v["last_status"] == "failed" and v["last_error"]:
-            say(f"{'':<11} last error: {v['last_error']}")
+            console.print(Text(f"{v['view']} last run failed: {v['last_error']}", style="red"))
+    if any(v["orphans"] for v in views):
+        console.print(
+            "* orphans: timesheets and comments whose ticket is not in tickets. The API's "
+            "tickets view is a rolling 10-day window, so work logged on older tickets has "
+            "no ticket row until a tickets history export is loaded; no row was lost."
+        )
 
 
 @app.command(

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select
 from sqlalchemy.orm import Session
 
 from . import freshness, migrate, pipeline, runs
-from .db import connect_engine
-from .errors import ConfigError, NotFound, SchemaNotReady
+from .db import connect_engine, make_engine, schema_name
+from .errors import ConfigError, NotFound, OtcError, SchemaNotReady
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
 from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
 from .sources.files import ReadOptions
@@ -107,6 +109,100 @@ def db_upgrade(database_url: str | None, revision: str = "head") -> str:
         return migrate.upgrade(engine, revision)
 
 
+def _table_rows(conn: Connection) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """Every table's row count and every (table, column), as the database has them now."""
+    schema = schema_name(conn)
+    inspector = inspect(conn)
+    rows: dict[str, int] = {}
+    columns: set[tuple[str, str]] = set()
+    for name in inspector.get_table_names(schema=schema):
+        # A column-less Table is enough to count its rows; names come from the database.
+        table = Table(name, MetaData(), schema=schema)
+        rows[name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+        columns |= {(name, column["name"]) for column in inspector.get_columns(name, schema=schema)}
+    return rows, columns
+
+
+def downgrade_preview(database_url: str | None, revision: str) -> list[str]:
+    """What downgrading to ``revision`` would remove: one line per table, rows or column.
+
+    The downgrade is run for real inside a transaction that is then rolled back
+    (PostgreSQL and SQLite both roll back DDL), so the answer is exact.
+    """
+    from alembic import command
+
+    _check_revision(revision)
+    with _database(database_url) as engine, engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            rows_before, columns_before = _table_rows(conn)
+            command.downgrade(migrate.alembic_config(conn), revision)
+            rows_after, columns_after = _table_rows(conn)
+        except CommandError as exc:
+            raise OtcError(
+                f"cannot downgrade to {revision!r}: {exc}; see `otc db current` for where "
+                "the database stands"
+            ) from None
+        finally:
+            transaction.rollback()
+    removed = []
+    for table, count in sorted(rows_before.items()):
+        if table == "alembic_version":
+            continue
+        if table not in rows_after:
+            removed.append(f"table {table} ({count:,} rows)")
+        elif rows_after[table] < count:
+            removed.append(f"{count - rows_after[table]:,} rows of {table}")
+    for table, column in sorted(columns_before - columns_after):
+        if table in rows_after:
+            removed.append(f"column {table}.{column} ({rows_before[table]:,} rows)")
+    return removed
+
+
+def db_stamp(database_url: str | None, revision: str) -> str:
+    """Record ``revision`` as the database's without running any migration (Alembic's stamp)."""
+    from alembic import command
+
+    _check_revision(revision)
+    with _database(database_url) as engine, engine.begin() as conn:
+        before = ", ".join(migrate.current_revisions(conn)) or "none"
+        try:
+            command.stamp(migrate.alembic_config(conn), revision)
+        except CommandError as exc:
+            raise OtcError(f"cannot stamp {revision!r}: {exc}") from None
+        after = ", ".join(migrate.current_revisions(conn)) or "none"
+    return f"stamped revision {after} (was {before}); no migration ran"
+
+
+def db_history() -> list[dict[str, Any]]:
+    """Every revision this otc-pipeline knows, newest first (Alembic's history)."""
+    scripts = migrate.script_directory()
+    heads = set(scripts.get_heads())
+    return [
+        {
+            "revision": script.revision,
+            "down_revision": script.down_revision,
+            "head": script.revision in heads,
+            "message": (script.doc or "").strip(),
+        }
+        for script in scripts.walk_revisions()
+    ]
+
+
+def db_revisions(database_url: str | None) -> dict[str, Any]:
+    """The database's revisions, the code's head and where the database stands."""
+    with _database(database_url, read_only=True) as engine:
+        with engine.connect() as conn:
+            revisions = list(migrate.current_revisions(conn))
+        return {
+            "database": database_name(database_url),
+            "revisions": revisions,
+            "head": migrate.head_revision(),
+            "state": migrate.state(engine),
+            "message": migrate.describe_current(engine),
+        }
+
+
 def db_downgrade(database_url: str | None, revision: str) -> str:
     _check_revision(revision)
     with _database(database_url) as engine:
@@ -171,13 +267,14 @@ def load(
         settings.require_credentials()
 
         def between() -> None:
+            if progress is not None:
+                progress.waiting("the API's pause between views", api.view_gap(settings))
             api.wait_between_views(settings)
 
-    with _database(database_url) as engine:
-        monitoring.load_started(view, source, engine.url)
+    def run(bind: Engine | Connection) -> list[pipeline.RunSummary]:
         if view == "all":
-            summaries = pipeline.load_all(
-                engine,
+            return pipeline.load_all(
+                bind,
                 source if source == "api" else Path(source),
                 chunk_size=chunk_size,
                 dry_run=dry_run,
@@ -185,18 +282,53 @@ def load(
                 between_views=between,
                 options=options,
             )
-        else:
-            summaries = [
-                pipeline.load_view(
-                    engine,
-                    view,
-                    source if source == "api" else Path(source),
-                    chunk_size=chunk_size,
-                    dry_run=dry_run,
-                    progress=progress,
-                    options=options,
-                )
-            ]
+        return [
+            pipeline.load_view(
+                bind,
+                view,
+                source if source == "api" else Path(source),
+                chunk_size=chunk_size,
+                dry_run=dry_run,
+                progress=progress,
+                options=options,
+            )
+        ]
+
+    setting = database_setting(database_url)
+    if dry_run and missing_sqlite_file(setting) is not None:
+        # Previewing a first load must not create the file: the preview runs on an
+        # in-memory database of the same dialect, at head and empty.
+        if progress is not None:
+            progress.note(f"{database_name(database_url)} does not exist: previewing a first load")
+        scratch = make_engine("sqlite://")
+        try:
+            migrate.upgrade(scratch, "head")
+            return run(scratch)
+        finally:
+            scratch.dispose()
+    started = time.monotonic()
+    with _database(database_url) as engine:
+        if progress is not None:
+            progress.note(
+                f"connected to {database_name(database_url)} ({setting.origin}) "
+                f"in {time.monotonic() - started:.2f} s"
+            )
+        if dry_run and migrate.state(engine) == "empty":
+            # The schema is created inside a transaction rolled back with the preview
+            # (PostgreSQL and SQLite both roll DDL back): nothing is left behind.
+            from alembic import command
+
+            if progress is not None:
+                progress.note("the database is empty: previewing a first load")
+            with engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    command.upgrade(migrate.alembic_config(conn), "head")
+                    return run(conn)
+                finally:
+                    transaction.rollback()
+        monitoring.load_started(view, source, engine.url)
+        summaries = run(engine)
         # Once every view's transaction is over: log events, alerts, the metrics file.
         monitoring.after_load(engine, summaries)
         return summaries
@@ -300,10 +432,7 @@ def rejects_summary(database_url: str | None, run_id: int | None) -> list[dict[s
             if run_id is not None:
                 run_ids = [run_id]
             else:
-                latest = (
-                    select(func.max(EtlReject.run_id))
-                    .group_by(EtlReject.view_name)
-                )
+                latest = select(func.max(EtlReject.run_id)).group_by(EtlReject.view_name)
                 run_ids = list(session.scalars(latest))
             if not run_ids:
                 return []
@@ -333,7 +462,6 @@ def rejects_summary(database_url: str | None, run_id: int | None) -> list[dict[s
                 }
                 for row in session.execute(query)
             ]
-
 
 
 def status(
