@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -22,40 +24,220 @@ hide_password()  # first of all: the command line is readable by anyone while ot
 
 import typer  # noqa: E402 - after hide_password, which must come first
 
+# Typer bundles its own click since 0.29 (pyproject pins it): the command classes below extend it.
+from typer._click import Context, Parameter  # noqa: E402
+from typer._click.core import ParameterSource  # noqa: E402
+from typer._click.exceptions import UsageError  # noqa: E402
+from typer.core import TyperCommand, TyperGroup, TyperOption  # noqa: E402
+
 from . import heartbeat  # noqa: E402
-from .errors import OtcError  # noqa: E402
+from .errors import ConfigError, OtcError  # noqa: E402
 from .stopping import Stopped  # noqa: E402
 
-app = typer.Typer(
-    name="otc",
-    help="Keep the servicedesk database full, fresh and trustworthy.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-db_app = typer.Typer(help="Create, upgrade and adopt the database schema.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+# --- the shape every command shares ---------------------------------------------------
+#
+# Options that every command accepts, before or after its name (`otc --debug load …` and
+# `otc load … --debug`), live in GLOBAL_OPTIONS below; a new one goes there. A command's own
+# options are parameters of its function. Every command's help ends with examples and the
+# environment variables it reads: pass `epilog=about([...], ENV_...)` to `@app.command`.
 
-_state: dict[str, bool] = {"debug": False}
+_state: dict[str, bool] = {"debug": False, "quiet": False, "verbose": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+DATABASE_ENV = (
+    "OTC_DATABASE_URL",
+    "OTC_PG_HOST",
+    "OTC_PG_PORT",
+    "OTC_PG_DATABASE",
+    "OTC_PG_USER",
+    "OTC_PG_PASSWORD",
+)
+API_ENV = (
+    "OTC_API_BASE_URL",
+    "OTC_API_USER",
+    "OTC_API_PASSWORD",
+    "OTC_API_MIN_INTERVAL_S",
+    "OTC_API_MAX_PER_HOUR",
+    "OTC_API_VIEW_GAP_S",
+    "OTC_API_TIMEOUT_S",
+    "OTC_API_RETRIES",
+    "OTC_API_BACKOFF_S",
+    "OTC_API_BACKOFF_MAX_S",
+    "OTC_API_BREAKER_FAILURES",
+    "OTC_API_BREAKER_COOLDOWN_S",
+    "OTC_STATE_DIR",
+)
+STATUS_ENV = (
+    *DATABASE_ENV,
+    "OTC_STALE_WARN_HOURS",
+    "OTC_STALE_ERROR_HOURS",
+    "OTC_<VIEW>_STALE_WARN_HOURS",
+    "OTC_<VIEW>_STALE_ERROR_HOURS",
+)
+MONITORING_ENV = (
+    "OTC_LOG_FORMAT",
+    "OTC_ALERT_WEBHOOK_URL",
+    "OTC_ALERT_REPEAT",
+    "OTC_HEARTBEAT_URL",
+    "OTC_METRICS_FILE",
+    "OTC_NOTIFY_TIMEOUT_S",
+)
+LOAD_ENV = (*DATABASE_ENV, "OTC_TIMEZONE", "OTC_DATE_ORDER", *API_ENV, *MONITORING_ENV)
+
+
+def about(examples: Sequence[str], env: Sequence[str] = ()) -> str:
+    """A command's epilog: its examples, then the environment variables it reads."""
+    # "\b" keeps click and Typer from joining the lines of a paragraph.
+    text = "\b\nExamples:\n" + "\n".join(f"  {example}" for example in examples)
+    if env:
+        text += "\n\nEnvironment: " + ", ".join(env) + "."
+    return text
+
+
+def _set_state(key: str) -> Callable[[typer.Context, typer.CallbackParam, bool], None]:
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> None:
+        if value:
+            _state[key] = True
+        if _state["quiet"] and _state["verbose"]:
+            raise UsageError("--quiet and --verbose contradict each other; give one")
+
+    return callback
+
+
+def _global_options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show tracebacks on errors.",
+            callback=_set_state("debug"),
+            expose_value=False,
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print errors and warnings only (for cron).",
+            callback=_set_state("quiet"),
+            expose_value=False,
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Say what each stage is doing, with timings (on stderr).",
+            callback=_set_state("verbose"),
+            expose_value=False,
+        ),
+    ] = False,
+) -> None:
+    """Only here so that Typer builds the global options' click parameters."""
+
+
+def _build_global_options() -> list[Parameter]:
+    holder = typer.Typer(add_completion=False)
+    holder.command()(_global_options)
+    command = typer.main.get_command(holder)
+    return [p for p in command.params if p.name != "help"]
+
+
+GLOBAL_OPTIONS = _build_global_options()
+
+
+def _no_flag_metavars(params: list[Parameter]) -> None:
+    """Flags take no value: show `--json`, not `--json <bool>`."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+
+
+class OtcCommand(TyperCommand):
+    """Every `otc` command: the global options appended to its own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        own = {name for p in self.params for name in p.opts}
+        self.params.extend(p for p in GLOBAL_OPTIONS if not own & set(p.opts))
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        params = super().get_params(ctx)
+        _no_flag_metavars(params)
+        return params
+
+
+class OtcGroup(TyperGroup):
+    """`otc` and its command groups: flags shown without metavars."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        params = super().get_params(ctx)
+        _no_flag_metavars(params)
+        return params
+
+
+class OtcTyper(typer.Typer):
+    """A Typer whose commands are OtcCommands (so nobody has to remember `cls=`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", OtcGroup)
+        kwargs.setdefault("no_args_is_help", True)
+        kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", OtcCommand)
+        return super().command(*args, **kwargs)
+
+
+app = OtcTyper(
+    name="otc",
+    help="Keep the servicedesk database full, fresh and trustworthy.",
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+db_app = OtcTyper(help="Create, upgrade and adopt the database schema.")
+app.add_typer(db_app, name="db")
+
+
+def _database_url_from_option_only(
+    ctx: typer.Context, param: typer.CallbackParam, value: str | None
+) -> str | None:
+    # OTC_DATABASE_URL is shown in --help through envvar=, but settings.py resolves it, so
+    # messages name the variable the URL really came from.
+    if param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+        return None
+    return value
+
 
 DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="SQLAlchemy URL; default OTC_DATABASE_URL, the OTC_PG_* variables, "
-        "or sqlite:///otc.db.",
+        help="The database (an SQLAlchemy URL); else OTC_PG_*, else sqlite:///otc.db.",
+        envvar="OTC_DATABASE_URL",
+        show_envvar=True,
+        callback=_database_url_from_option_only,
         show_default=False,
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON (shapes in the README) instead of text.")
+]
 
 
-def fail(message: str, code: int) -> None:
-    """Print one ``Error:`` line (a JSON event with --log-format json) and exit with ``code``."""
+def fail(message: str, code: int, *, as_json: bool = False) -> None:
+    """Print one ``Error:`` line (a JSON event with --log-format json) and exit with ``code``.
+
+    Under --json the error object goes to stdout as well.
+    """
     from . import logs
 
+    if as_json:
+        print_json({"error": message, "exit_code": code})
     if logs.is_json():
         logs.event("error", message, level=logging.ERROR, exit_code=code)
     else:
@@ -85,20 +267,21 @@ def handle_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, UsageError):
             raise
         except BrokenPipeError:
             output_closed()
         except OtcError as exc:
             if _state["debug"]:
                 traceback.print_exc()
-            fail(str(exc), exc.exit_code)
+            fail(str(exc), exc.exit_code, as_json=as_json)
         except Stopped as exc:
-            fail(str(exc), exc.exit_code)
+            fail(str(exc), exc.exit_code, as_json=as_json)
         except KeyboardInterrupt:
-            fail("interrupted by the user", 130)
+            fail("interrupted by the user", 130, as_json=as_json)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for a 3 a.m. run
             if _state["debug"]:
                 traceback.print_exc()
@@ -106,33 +289,84 @@ def handle_errors(func: F) -> F:
             fail(
                 f"unexpected {type(exc).__name__}: {first} (run again with --debug for details)",
                 1,
+                as_json=as_json,
             )
         return None
 
     return wrapper  # type: ignore[return-value]
 
 
+def _json_value(value: Any) -> Any:
+    """JSON for what json cannot encode itself: times as ISO 8601 UTC with ``Z``."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat(timespec="seconds") + "Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
+
+
 def print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, default=str))
+    """One JSON document (or one JSON Lines line) on stdout."""
+    typer.echo(json.dumps(obj, default=_json_value, ensure_ascii=False))
 
 
-@app.callback()
+def say(text: str) -> None:
+    """Print a line of normal output (nothing under --quiet)."""
+    if not _state["quiet"]:
+        typer.echo(text)
+
+
+def warn(text: str) -> None:
+    """Print a warning on stderr (also under --quiet)."""
+    typer.echo(f"Warning: {text}", err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"otc {version('otc-pipeline')}")
+        raise typer.Exit()
+
+
+@app.callback(epilog=about(["otc load all --from exports/", "otc status", "otc load -h"]))
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print errors and warnings only (for cron).")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Say what each stage is doing, with timings."),
+    ] = False,
     log_format: Annotated[
         str,
         typer.Option(
             "--log-format",
             envvar="OTC_LOG_FORMAT",
+            show_envvar=True,
             help="stderr as text, or json: one JSON object per event (run started, warnings, "
             "each view's result, errors) for journald and Loki.",
         ),
     ] = "text",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     """Load OTC tickets, timesheets and comments into the servicedesk database."""
     from . import logs
 
-    _state["debug"] = debug
+    # One process may run several commands (tests do): start every one from the defaults.
+    _state.update(debug=debug, quiet=quiet, verbose=verbose)
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose contradict each other; give one")
     if log_format not in logs.FORMATS:
         fail(f"--log-format must be text or json, not {log_format!r}", 2)
     logs.configure(log_format)
@@ -141,80 +375,139 @@ def main(
 # --- otc db ---------------------------------------------------------------------------
 
 
-@db_app.command("upgrade")
+@db_app.command(
+    "upgrade",
+    epilog=about(
+        ["otc db upgrade", "otc db upgrade 0003 --database-url sqlite:///otc.db"], DATABASE_ENV
+    ),
+)
 @handle_errors
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Upgrade the schema to REVISION (default: head)."""
+    """Upgrade the schema to REVISION (default: head); an empty database gets the whole schema."""
     from . import commands
 
-    typer.echo(commands.db_upgrade(database_url, revision))
+    message = commands.db_upgrade(database_url, revision)
+    _print_db_result(database_url, message, as_json)
 
 
-@db_app.command("downgrade")
+@db_app.command(
+    "downgrade",
+    epilog=about(["otc db downgrade -1", "otc db downgrade 0003_etl_rejects"], DATABASE_ENV),
+)
 @handle_errors
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")],
     database_url: DatabaseUrlOption = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Remove tables and data without asking (for scripts)."),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Downgrade the schema to REVISION."""
+    """Downgrade the schema to REVISION; first shows what it removes and asks.
+
+    A downgrade that drops tables, columns or rows lists them with their row counts
+    and asks for confirmation on a terminal; without a terminal it refuses unless
+    --yes is given.
+    """
     from . import commands
 
-    typer.echo(commands.db_downgrade(database_url, revision))
+    removed = commands.downgrade_preview(database_url, revision)
+    if removed and not yes:
+        database = commands.database_name(database_url)
+        listing = "; ".join(removed)
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"downgrading {database} to {revision} would remove {listing}; "
+                "not on a terminal, so nothing was changed: add --yes to go ahead"
+            )
+        typer.echo(f"Downgrading {database} to {revision} removes:", err=True)
+        for line in removed:
+            typer.echo(f"  {line}", err=True)
+        if not typer.confirm("Remove them?", default=False, err=True):
+            raise ConfigError("downgrade cancelled; nothing was changed")
+    message = commands.db_downgrade(database_url, revision)
+    _print_db_result(database_url, message, as_json)
 
 
-@db_app.command("current")
+@db_app.command("current", epilog=about(["otc db current", "otc db current --json"], DATABASE_ENV))
 @handle_errors
-def db_current(database_url: DatabaseUrlOption = None) -> None:
-    """Show the database's schema revision and whether it is at head."""
+def db_current(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
+    """Show the database's schema revision and whether it is at head (never creates a database)."""
     from . import commands
 
-    typer.echo(commands.db_current(database_url))
+    current = commands.db_revisions(database_url)
+    if as_json:
+        print_json(current)
+        return
+    say(f"{current['database']}: {current['message']}")
 
 
-@db_app.command("adopt")
+@db_app.command("history", epilog=about(["otc db history", "otc db history --json"]))
+@handle_errors
+def db_history(as_json: JsonOption = False) -> None:
+    """Every schema revision this otc-pipeline knows, newest first (like `alembic history`)."""
+    from . import commands
+
+    revisions = commands.db_history()
+    if as_json:
+        print_json({"revisions": revisions})
+        return
+    for r in revisions:
+        head = " (head)" if r["head"] else ""
+        say(f"{r['down_revision'] or '<base>'} -> {r['revision']}{head}, {r['message']}")
+
+
+@db_app.command(
+    "stamp",
+    epilog=about(["otc db stamp head", "otc db stamp 0003_etl_rejects"], DATABASE_ENV),
+)
+@handle_errors
+def db_stamp(
+    revision: Annotated[str, typer.Argument(help="The revision to record, e.g. head.")],
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record REVISION as the database's without running migrations (like `alembic stamp`)."""
+    from . import commands
+
+    message = commands.db_stamp(database_url, revision)
+    _print_db_result(database_url, message, as_json)
+
+
+@db_app.command("adopt", epilog=about(["otc db adopt --dry-run", "otc db adopt"], DATABASE_ENV))
 @handle_errors
 def db_adopt(
     database_url: DatabaseUrlOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what adopt would change; change nothing.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Take over a legacy servicedesk database: recognise its state, stamp it, upgrade to head."""
     from . import commands
 
-    typer.echo(commands.db_adopt(database_url, dry_run=dry_run))
+    message = commands.db_adopt(database_url, dry_run=dry_run)
+    _print_db_result(database_url, message, as_json)
 
 
-# --- otc load / status / runs / rejects (pipeline) -------------------------------------
+def _print_db_result(database_url: str | None, message: str, as_json: bool) -> None:
+    from . import commands
+
+    if as_json:
+        print_json({"database": commands.database_name(database_url), "message": message})
+    else:
+        say(message)
 
 
-def _progress_printer() -> tuple[Any, Callable[[str, int], None]]:
-    """A live "view: N records read" line on stderr (used only on a terminal)."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TextColumn("{task.completed:,} records read"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(view: str, read: int) -> None:
-        if view not in tasks:
-            tasks[view] = progress.add_task(view, total=None)
-        progress.update(tasks[view], completed=read)
-
-    return progress, update
+# --- otc load ---------------------------------------------------------------------------
 
 
-def _summary_line(summary: Any) -> str:
+def _summary_line(summary: Any, database: str | None = None) -> str:
     if summary.status == "failed":
         return f"{summary.view}: failed — {summary.error}"
     verb = "would load" if summary.status == "dry-run" else summary.status
@@ -224,19 +517,51 @@ def _summary_line(summary: Any) -> str:
         f"{summary.duplicates:,} duplicates, {summary.rejected:,} rejected "
         f"in {summary.duration_s:.1f} s"
     )
-    if summary.run_id is not None:
-        line += f" (run {summary.run_id})"
+    where = [f"run {summary.run_id}"] if summary.run_id is not None else []
+    if database:
+        where.append(f"in {database}")
+    if where:
+        line += f" ({' '.join(where)})"
     return line
 
 
-def _print_reasons(summary: Any) -> None:
+def _warn_of_implicit_default(database_url: str | None) -> None:
+    """Say so when a load goes to the SQLite default nobody asked for (cron, a typo)."""
+    from . import commands
+    from .settings import database_setting
+
+    if database_setting(database_url).origin != "default" or sys.stdout.isatty():
+        return
+    path = commands.database_name(database_url).removeprefix("sqlite:///")
+    warn(
+        f"no database configured (--database-url, OTC_DATABASE_URL or OTC_PG_*): loading into "
+        f"the default SQLite file {path}; pass --database-url sqlite:///otc.db to mean it"
+    )
+
+
+def _reason_lines(summary: Any) -> list[str]:
     """The most frequent reject reasons, with their counts."""
+    lines = []
     for r in summary.reject_reasons:
         where = f"{r['field']!r}: " if r["field"] else ""
-        typer.echo(f"  {r['count']:>7,} rejected: {where}{r['reason']}")
+        lines.append(f"  {r['count']:>7,} rejected: {where}{r['reason']}")
+    return lines
 
 
-@app.command("load")
+@app.command(
+    "load",
+    epilog=about(
+        [
+            "otc load all                                  # every view from the API",
+            "otc load all --from exports/                  # a folder of exports",
+            "otc load timesheets --from history-2024.xlsx --sheet 2",
+            "otc load timesheets --from us.csv --delimiter ';' --date-order mdy",
+            "otc load tickets --from tickets.csv --dry-run # write nothing",
+            "otc load all -q --database-url postgresql://etl@db/servicedesk",
+        ],
+        LOAD_ENV,
+    ),
+)
 @heartbeat.around
 @handle_errors
 def load(
@@ -321,64 +646,74 @@ def load(
     With all, the worst code wins: 1, then 75, then 3.
     """
     from . import commands, logs
+    from .display import LoadDisplay
 
-    show_progress = not as_json and sys.stderr.isatty() and not logs.is_json()
-    bar, update = _progress_printer() if show_progress else (None, None)
+    _warn_of_implicit_default(database_url)
+    database = commands.database_name(database_url)
+    shown: set[int] = set()
 
-    def waiting(message: str) -> None:
-        if not logs.is_json():  # else the view_waiting event on stderr says it
-            typer.echo(message, err=True)
-
-    if bar is not None:
-        bar.start()
-    stopped: Stopped | None = None
-    try:
-        summaries = commands.load(
-            database_url,
-            view,
-            source,
-            chunk_size=chunk_size,
-            dry_run=dry_run,
-            progress=update,
-            date_order=date_order,
-            sheet=sheet,
-            delimiter=delimiter,
-            encoding=encoding,
-            wait_s=wait,
-            on_wait=waiting,
-        )
-    except Stopped as exc:
-        # What ran before the signal is still reported: committed views stay committed.
-        stopped, summaries = exc, exc.summaries
-    finally:
-        if bar is not None:
-            bar.stop()
-    for summary in summaries:
+    def show_result(display: LoadDisplay, summary: Any) -> None:
+        """A view's result, the moment it ends: a JSON line, or its lines of text."""
+        shown.add(id(summary))
         if as_json:
-            print_json(summary.as_dict())
-        elif summary.status == "missing":
-            pass  # its warning follows
-        elif summary.status == "failed":
+            print_json({**summary.as_dict(), "database": database})
+            return
+        if summary.status == "failed":
             if not logs.is_json():  # else the view_result event on stderr says it
-                typer.echo(f"Error: {summary.view}: {summary.error}", err=True)
-            _print_reasons(summary)
-        else:
-            typer.echo(_summary_line(summary))
-            _print_reasons(summary)
-            if summary.rejected and summary.run_id is not None:
-                typer.echo(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
-        if not as_json and not logs.is_json():  # else view_warning events say them
+                display.result(f"Error: {summary.view}: {summary.error}", mark="✗", err=True)
+        elif summary.status != "missing" and not _state["quiet"]:
+            display.result(_summary_line(summary, database), mark="✓")
+        if summary.status != "missing" and not _state["quiet"]:
+            for line in _reason_lines(summary):
+                display.result(line)
+            if summary.rejected and summary.run_id is not None and summary.status != "failed":
+                display.result(f"  see the rejected rows with `otc rejects --run {summary.run_id}`")
+        if not logs.is_json():  # else view_warning events say them
             for warning in summary.warnings:
-                typer.echo(f"warning: {summary.view}: {warning}", err=True)
+                display.result(f"warning: {summary.view}: {warning}", mark="!", err=True)
+
+    live = not as_json and not _state["quiet"] and sys.stderr.isatty() and not logs.is_json()
+    with LoadDisplay(live=live, verbose=_state["verbose"], show_result=show_result) as display:
+
+        def waiting(message: str) -> None:
+            """A wait for another load of the view: on stderr, and on the live display."""
+            if not logs.is_json():  # else the view_waiting event on stderr says it
+                display.result(message, mark="!", err=True)
+
+        stopped: Stopped | None = None
+        try:
+            summaries = commands.load(
+                database_url,
+                view,
+                source,
+                chunk_size=chunk_size,
+                dry_run=dry_run,
+                progress=display,
+                date_order=date_order,
+                sheet=sheet,
+                delimiter=delimiter,
+                encoding=encoding,
+                wait_s=wait,
+                on_wait=waiting,
+            )
+        except Stopped as exc:
+            # What ran before the signal is still reported: committed views stay committed.
+            stopped, summaries = exc, exc.summaries
+        for summary in summaries:  # views that never started: missing from the folder
+            if id(summary) not in shown:
+                show_result(display, summary)
     if stopped is not None:
         if stopped.not_loaded:
-            typer.echo(f"Error: {stopped}; not loaded: {', '.join(stopped.not_loaded)}", err=True)
+            fail(f"{stopped}; not loaded: {', '.join(stopped.not_loaded)}", stopped.exit_code)
         elif not summaries:  # stopped before its run was opened
-            typer.echo(f"Error: {stopped}", err=True)
+            fail(str(stopped), stopped.exit_code)
         raise typer.Exit(stopped.exit_code)
     from .pipeline import worst_exit_code
 
     raise typer.Exit(worst_exit_code(summaries))
+
+
+# --- otc status / runs / rejects ---------------------------------------------------------
 
 
 def _fmt(value: Any) -> str:
@@ -391,7 +726,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-@app.command("status")
+@app.command(
+    "status",
+    epilog=about(
+        [
+            "otc status",
+            "otc status --check --warn-after 26h --error-after 2d   # for monitoring",
+            "otc status --json | jq '.views[] | select(.stale)'",
+        ],
+        STATUS_ENV,
+    ),
+)
 @handle_errors
 def status(
     database_url: DatabaseUrlOption = None,
@@ -432,37 +777,92 @@ def status(
     if check:
         judged = commands.status_check(database_url, warn_after=warn_hours, error_after=error_hours)
         if as_json:
-            print_json([view.as_dict() for view in judged])
+            print_json(
+                {
+                    "database": commands.database_name(database_url),
+                    "views": [view.as_dict() for view in judged],
+                }
+            )
         else:
             for view in judged:
                 if view.state != "fresh":
-                    typer.echo(view.line())
+                    say(view.line())
             if all(view.state == "fresh" for view in judged):
-                typer.echo(f"all {len(judged)} views are fresh")
+                say(f"all {len(judged)} views are fresh")
         from .freshness import exit_code
 
         raise typer.Exit(exit_code(judged))
     views = commands.status(database_url, warn_after=warn_hours, error_after=error_hours)
     if as_json:
-        print_json(views)
+        print_json({"database": commands.database_name(database_url), "views": views})
         return
+    _print_status_table(commands.database_name(database_url), views)
+
+
+def _age(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def _print_status_table(database: str, views: list[dict[str, Any]]) -> None:
+    """`otc status` as a table that fits 80 columns, times in UTC, trouble highlighted."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if _state["quiet"]:
+        return
+    console = Console(width=None if sys.stdout.isatty() else 80, highlight=False)
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column("view")
+    table.add_column("rows", justify="right")
+    table.add_column("orphans*", justify="right")
+    table.add_column("last success (UTC)")
+    table.add_column("age", justify="right")
+    table.add_column("last run")
+    table.add_column("state")
     for v in views:
-        age = "never loaded" if v["age_hours"] is None else f"{v['age_hours']} h ago"
-        flag = "  STALE" if v["stale"] else ""
-        typer.echo(
-            f"{v['view']:<11} {_fmt(v['rows']):>10} rows  last success {_fmt(v['last_success'])} "
-            f"({age}){flag}"
+        last_run = "-"
+        if v["last_run_id"] is not None:
+            last_run = f"{v['last_run_id']} {v['last_status']}"
+            if v["last_run_rejected"]:
+                last_run += f", {v['last_run_rejected']:,} rej"
+        run_style = "bold red" if v["last_status"] == "failed" else ""
+        if v["last_success"] is None:
+            state = Text("NEVER LOADED", style="bold red")
+        elif v["stale"]:
+            state = Text("STALE", style="bold red")
+        else:
+            state = Text("fresh", style="green")
+        table.add_row(
+            v["view"],
+            _fmt(v["rows"]),
+            _fmt(v["orphans"]),
+            _fmt(v["last_success"]),
+            _age(v["age_hours"]),
+            Text(last_run, style=run_style),
+            state,
         )
-        typer.echo(
-            f"{'':<11} last run {_fmt(v['last_run_id'])}: {_fmt(v['last_status'])}, "
-            f"{_fmt(v['last_run_rejected'])} rejected; orphans {_fmt(v['orphans'])}; "
-            f"newest source time {_fmt(v['latest_source_time'])}"
-        )
+    say(f"database: {database}")  # whole, never wrapped: it is what people copy
+    console.print(table)
+    for v in views:
         if v["last_status"] == "failed" and v["last_error"]:
-            typer.echo(f"{'':<11} last error: {v['last_error']}")
+            console.print(Text(f"{v['view']} last run failed: {v['last_error']}", style="red"))
+    if any(v["orphans"] for v in views):
+        console.print(
+            "* orphans: timesheets and comments whose ticket is not in tickets. The API's "
+            "tickets view is a rolling 10-day window, so work logged on older tickets has "
+            "no ticket row until a tickets history export is loaded; no row was lost."
+        )
 
 
-@app.command("runs")
+@app.command(
+    "runs",
+    epilog=about(
+        ["otc runs", "otc runs --view timesheets --limit 5", "otc runs --json"], DATABASE_ENV
+    ),
+)
 @handle_errors
 def runs(
     view: Annotated[str | None, typer.Option("--view", help="Only this view.")] = None,
@@ -475,20 +875,41 @@ def runs(
 
     history = commands.runs_history(database_url, view, limit)
     if as_json:
-        print_json(history)
+        print_json({"database": commands.database_name(database_url), "runs": history})
         return
     for r in history:
-        typer.echo(
+        say(
             f"run {r['run_id']:>5}  {r['view']:<10} {r['status']:<11} {_fmt(r['started'])}  "
             f"fetched {_fmt(r['fetched'])}  ins {_fmt(r['inserted'])}  upd {_fmt(r['updated'])}  "
             f"same {_fmt(r['unchanged'])}  dup {_fmt(r['duplicates'])}  rej {_fmt(r['rejected'])}  "
             f"{r['source'] or ''}"
         )
         if r["error"]:
-            typer.echo(f"           error: {r['error']}")
+            say(f"           error: {r['error']}")
 
 
-@app.command("rejects")
+def _record_object(text: str | None) -> Any:
+    """A reject's raw record as the object it was (stored as JSON text)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@app.command(
+    "rejects",
+    epilog=about(
+        [
+            "otc rejects",
+            "otc rejects --run 42 --limit 10",
+            "otc rejects --summary",
+            "otc rejects --json",
+        ],
+        DATABASE_ENV,
+    ),
+)
 @handle_errors
 def rejects(
     run: Annotated[
@@ -512,7 +933,7 @@ def rejects(
     if summary:
         groups = commands.rejects_summary(database_url, run)
         if as_json:
-            print_json(groups)
+            print_json({"database": commands.database_name(database_url), "groups": groups})
             return
         if not groups:
             typer.echo("no rejected rows")
@@ -526,15 +947,19 @@ def rejects(
         return
     rows = commands.rejects(database_url, run, limit)
     if as_json:
-        print_json(rows)
+        print_json(
+            {
+                "database": commands.database_name(database_url),
+                "run_id": rows[0]["run_id"] if rows else run,
+                "rejects": [{**r, "record": _record_object(r["record"])} for r in rows],
+            }
+        )
         return
     if not rows:
-        typer.echo("no rejected rows")
+        say(f"run {run} rejected no rows" if run is not None else "no rejected rows")
     for r in rows:
         where = f"{r['field']}={r['value']!r}" if r["field"] else "record"
-        typer.echo(
-            f"run {r['run_id']} {r['view']} position {r['position']}: {where}: {r['reason']}"
-        )
+        say(f"run {r['run_id']} {r['view']} position {r['position']}: {where}: {r['reason']}")
 
 
 @app.command("prune")
@@ -578,7 +1003,16 @@ def prune(
 # --- otc sample -------------------------------------------------------------------------
 
 
-@app.command("sample")
+@app.command(
+    "sample",
+    epilog=about(
+        [
+            "otc sample samples && otc load all --from samples",
+            "otc sample big --timesheets 1000000 --format csv --seed 7",
+            "otc sample samples --force                    # overwrite",
+        ]
+    ),
+)
 @handle_errors
 def sample(
     directory: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
@@ -593,6 +1027,7 @@ def sample(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite exports already in DIRECTORY.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Write realistic synthetic OTC exports (tickets, timesheets, comments) into DIRECTORY."""
     from .errors import ConfigError
@@ -602,26 +1037,43 @@ def sample(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     counts = {"tickets": tickets, "timesheets": timesheets, "comments": comments}
-    written = write_sample(
-        directory,
-        tickets=tickets,
-        timesheets=timesheets,
-        comments=comments,
-        fmt=fmt,  # narrowed to SampleFormat by the check above
-        seed=seed,
-        force=force,
-    )
+    try:
+        written = write_sample(
+            directory,
+            tickets=tickets,
+            timesheets=timesheets,
+            comments=comments,
+            fmt=fmt,  # narrowed to SampleFormat by the check above
+            seed=seed,
+            force=force,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the sample into {directory}: {exc.strerror or exc}; "
+            "give a folder you can write to"
+        ) from None
+    if as_json:
+        print_json(
+            {
+                "directory": str(directory.absolute()),
+                "files": [
+                    {"view": view, "path": str(path), "rows": counts[view]}
+                    for view, path in written.items()
+                ],
+            }
+        )
+        return
     for view, path in written.items():
-        typer.echo(f"{path}: {counts[view]:,} {view}")
+        say(f"{path}: {counts[view]:,} {view}")
 
 
 # --- otc api ----------------------------------------------------------------------------
 
-api_app = typer.Typer(help="Check the OTC API settings and connection.", no_args_is_help=True)
+api_app = OtcTyper(help="Check the OTC API settings and connection.")
 app.add_typer(api_app, name="api")
 
 
-@api_app.command("check")
+@api_app.command("check", epilog=about(["otc api check", "otc api check --ping"], API_ENV))
 @handle_errors
 def api_check(
     ping: Annotated[
@@ -632,34 +1084,78 @@ def api_check(
             "without loading them.",
         ),
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the OTC API settings, limits and circuit breaker; --ping calls the API once."""
     from .sources import api
 
-    for line in api.api_check(api.ApiSettings.from_env(), ping=ping):
-        typer.echo(line)
+    settings = api.ApiSettings.from_env()
+    if as_json:
+        print_json(_api_check_object(settings, ping))
+        return
+    for line in api.api_check(settings, ping=ping):
+        say(line)
 
 
-@api_app.command("reset")
+def _api_check_object(settings: Any, ping: bool) -> dict[str, Any]:
+    """`otc api check --json`: the settings (password: set or not), the breaker, the ping."""
+    import dataclasses
+    import time
+
+    from .sources import api
+
+    def when(timestamp: float | None) -> datetime | None:
+        return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+    shown = {
+        name: getattr(settings, name)
+        for name in settings.__dataclass_fields__
+        if name not in ("base_url", "password")
+    }
+    state = api.breaker_state(settings)
+    breaker = dataclasses.asdict(state)
+    breaker["open_until"] = when(state.open_until)
+    breaker["last_request_at"] = when(state.last_request_at)
+    result: dict[str, Any] = {
+        "base_url": settings.masked_base_url,
+        "password_set": settings.password is not None,
+        **shown,
+        "breaker": breaker,
+        "state_file": settings.state_dir / api.STATE_FILE_NAME,
+        "ping": None,
+    }
+    if ping:
+        stats = api.FetchStats()
+        started = time.monotonic()
+        for _ in api.fetch_view(api.PING_VIEW, settings, stats):
+            pass
+        result["ping"] = {
+            "view": api.PING_VIEW,
+            "status_code": stats.status_code,
+            "latency_s": stats.latency_s,
+            "records": stats.records,
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+    return result
+
+
+@api_app.command("reset", epilog=about(["otc api reset"], ("OTC_STATE_DIR",)))
 @handle_errors
 def api_reset() -> None:
     """Close the circuit breaker now (after fixing the cause), printing what it cleared."""
     from .sources import api
 
     for line in api.api_reset(api.ApiSettings.from_env()):
-        typer.echo(line)
+        say(line)
 
 
 # --- otc users --------------------------------------------------------------------------
 
-users_app = typer.Typer(
-    help="user_lookup: short username <-> full name, filled from timesheets.",
-    no_args_is_help=True,
-)
+users_app = OtcTyper(help="user_lookup: short username <-> full name, filled from timesheets.")
 app.add_typer(users_app, name="users")
 
 
-@users_app.command("list")
+@users_app.command("list", epilog=about(["otc users list", "otc users list --json"], DATABASE_ENV))
 @handle_errors
 def users_list(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
     """Every user_lookup row: short username, full name, team, source."""
@@ -667,18 +1163,20 @@ def users_list(database_url: DatabaseUrlOption = None, as_json: JsonOption = Fal
 
     rows = commands.users_list(database_url)
     if as_json:
-        print_json(rows)
+        print_json({"database": commands.database_name(database_url), "users": rows})
         return
     if not rows:
-        typer.echo("user_lookup is empty; load timesheets or run `otc users refresh`")
+        say("user_lookup is empty; load timesheets or run `otc users refresh`")
     for r in rows:
-        typer.echo(
+        say(
             f"{r['short_username']:<16} {r['full_name']:<32} {r['team'] or '-':<24} "
             f"{r['source'] or '-'}"
         )
 
 
-@users_app.command("conflicts")
+@users_app.command(
+    "conflicts", epilog=about(["otc users conflicts", "otc users conflicts --json"], DATABASE_ENV)
+)
 @handle_errors
 def users_conflicts(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
     """Names seen with more than one partner; user_lookup leaves them as they were."""
@@ -687,27 +1185,30 @@ def users_conflicts(database_url: DatabaseUrlOption = None, as_json: JsonOption 
 
     found = commands.users_conflicts(database_url)
     if as_json:
-        print_json(found)
+        print_json({"database": commands.database_name(database_url), "conflicts": found})
         return
     if not found:
-        typer.echo("no conflicts")
+        say("no conflicts")
     for conflict in found:
-        typer.echo(describe_conflict(conflict))
+        say(describe_conflict(conflict))
 
 
-@users_app.command("refresh")
+@users_app.command("refresh", epilog=about(["otc users refresh"], DATABASE_ENV))
 @handle_errors
-def users_refresh(database_url: DatabaseUrlOption = None) -> None:
+def users_refresh(database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
     """Fill user_lookup from timesheet name pairs (manual rows are never changed)."""
     from . import commands
 
     result = commands.users_refresh(database_url)
-    typer.echo(
+    if as_json:
+        print_json({"database": commands.database_name(database_url), **result})
+        return
+    say(
         f"user_lookup: {result['added']:,} added, {result['adopted']:,} adopted from other "
         f"automatic sources, {result['conflicts']:,} conflicts left as they were"
     )
     for warning in result["warnings"]:
-        typer.echo(f"  warning: {warning}")
+        warn(warning) if _state["quiet"] else say(f"  warning: {warning}")
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m otc_pipeline.cli`

@@ -2,41 +2,78 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select
 from sqlalchemy.orm import Session
 
 from . import freshness, migrate, pipeline, retention, runs
-from .db import connect_engine, schema_lock
-from .errors import ConfigError, SchemaNotReady, SourceError
+from .db import connect_engine, make_engine, schema_lock, schema_name
+from .errors import ConfigError, NotFound, OtcError, SchemaNotReady
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
-from .settings import database_setting, date_order_setting, mask_url
+from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
 from .sources.files import ReadOptions
 from .views import VIEW_ORDER, VIEWS
 
 
+def missing_sqlite_file(setting: DatabaseSetting) -> Path | None:
+    """The absolute path of an SQLite database file that does not exist yet, else None."""
+    if setting.url.get_backend_name() != "sqlite":
+        return None
+    database = setting.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database).absolute()
+    return None if path.exists() else path
+
+
+def database_name(database_url: str | None) -> str:
+    """The configured database as shown to users: password masked, an SQLite file absolute."""
+    setting = database_setting(database_url)
+    url = setting.url
+    database = url.database
+    if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+        if not database.startswith("file:"):
+            url = url.set(database=str(Path(database).absolute()))
+    return mask_url(url)
+
+
 @contextmanager
-def _database(database_url: str | None, *, at_head: bool = False) -> Iterator[Engine]:
+def _database(
+    database_url: str | None, *, at_head: bool = False, read_only: bool = False
+) -> Iterator[Engine]:
     """An engine on the configured database, disposed of afterwards.
 
     With ``at_head``, a database that is empty, behind or not adopted is refused
     with the command that fixes it (for commands that only read the records).
+    With ``read_only``, an SQLite file that does not exist is refused instead of
+    created (a mistyped URL must not leave a new empty database behind).
     """
-    engine = connect_engine(database_setting(database_url))
+    setting = database_setting(database_url)
+    if read_only:
+        missing = missing_sqlite_file(setting)
+        if missing is not None:
+            raise NotFound(
+                f"there is no database at {missing} (nothing was created); check --database-url "
+                "or OTC_DATABASE_URL, or load something first (`otc load all --from DIR`)"
+            )
+    engine = connect_engine(setting)
     try:
         state = migrate.state(engine) if at_head else "head"
         if state == "empty":
             raise SchemaNotReady(
-                "the database is empty; load something first (`otc load all --from DIR`)"
+                f"the database {setting.masked} is empty; load something first "
+                "(`otc load all --from DIR`)"
             )
         if state != "head":
             raise SchemaNotReady(
-                f"the database schema is not at head ({state}); "
+                f"the database schema of {setting.masked} is not at head ({state}); "
                 "run `otc db upgrade` or `otc db adopt`"
             )
         yield engine
@@ -44,19 +81,137 @@ def _database(database_url: str | None, *, at_head: bool = False) -> Iterator[En
         engine.dispose()
 
 
+def check_view(view: str | None, *, allow_all: bool = False) -> None:
+    """Refuse a view name that is not one of ours (a usage error, before any database work)."""
+    if view is None or view in VIEWS or (allow_all and view == "all"):
+        return
+    choices = ", ".join(VIEW_ORDER) + (" or all" if allow_all else "")
+    raise NotFound(f"unknown view {view!r}; use one of {choices}")
+
+
+def _check_revision(revision: str) -> None:
+    """Refuse a revision Alembic does not know (relative ones like -1 are Alembic's to judge)."""
+    if revision in ("head", "heads", "base") or revision[:1] in "+-" or "@" in revision:
+        return
+    from alembic.util import CommandError
+
+    try:
+        found = migrate.script_directory().get_revisions(revision)
+    except CommandError:
+        found = ()
+    if not found:
+        raise NotFound(f"unknown revision {revision!r}; see `otc db history` for the revisions")
+
+
 def db_upgrade(database_url: str | None, revision: str = "head") -> str:
+    _check_revision(revision)
     # Schema changes wait for each other (and for a first load creating the schema).
     with _database(database_url) as engine, schema_lock(engine):
         return migrate.upgrade(engine, revision)
 
 
+def _table_rows(conn: Connection) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """Every table's row count and every (table, column), as the database has them now."""
+    schema = schema_name(conn)
+    inspector = inspect(conn)
+    rows: dict[str, int] = {}
+    columns: set[tuple[str, str]] = set()
+    for name in inspector.get_table_names(schema=schema):
+        # A column-less Table is enough to count its rows; names come from the database.
+        table = Table(name, MetaData(), schema=schema)
+        rows[name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+        columns |= {(name, column["name"]) for column in inspector.get_columns(name, schema=schema)}
+    return rows, columns
+
+
+def downgrade_preview(database_url: str | None, revision: str) -> list[str]:
+    """What downgrading to ``revision`` would remove: one line per table, rows or column.
+
+    The downgrade is run for real inside a transaction that is then rolled back
+    (PostgreSQL and SQLite both roll back DDL), so the answer is exact.
+    """
+    from alembic import command
+
+    _check_revision(revision)
+    with _database(database_url) as engine, engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            rows_before, columns_before = _table_rows(conn)
+            command.downgrade(migrate.alembic_config(conn), revision)
+            rows_after, columns_after = _table_rows(conn)
+        except CommandError as exc:
+            raise OtcError(
+                f"cannot downgrade to {revision!r}: {exc}; see `otc db current` for where "
+                "the database stands"
+            ) from None
+        finally:
+            transaction.rollback()
+    removed = []
+    for table, count in sorted(rows_before.items()):
+        if table == "alembic_version":
+            continue
+        if table not in rows_after:
+            removed.append(f"table {table} ({count:,} rows)")
+        elif rows_after[table] < count:
+            removed.append(f"{count - rows_after[table]:,} rows of {table}")
+    for table, column in sorted(columns_before - columns_after):
+        if table in rows_after:
+            removed.append(f"column {table}.{column} ({rows_before[table]:,} rows)")
+    return removed
+
+
+def db_stamp(database_url: str | None, revision: str) -> str:
+    """Record ``revision`` as the database's without running any migration (Alembic's stamp)."""
+    from alembic import command
+
+    _check_revision(revision)
+    with _database(database_url) as engine, engine.begin() as conn:
+        before = ", ".join(migrate.current_revisions(conn)) or "none"
+        try:
+            command.stamp(migrate.alembic_config(conn), revision)
+        except CommandError as exc:
+            raise OtcError(f"cannot stamp {revision!r}: {exc}") from None
+        after = ", ".join(migrate.current_revisions(conn)) or "none"
+    return f"stamped revision {after} (was {before}); no migration ran"
+
+
+def db_history() -> list[dict[str, Any]]:
+    """Every revision this otc-pipeline knows, newest first (Alembic's history)."""
+    scripts = migrate.script_directory()
+    heads = set(scripts.get_heads())
+    return [
+        {
+            "revision": script.revision,
+            "down_revision": script.down_revision,
+            "head": script.revision in heads,
+            "message": (script.doc or "").strip(),
+        }
+        for script in scripts.walk_revisions()
+    ]
+
+
+def db_revisions(database_url: str | None) -> dict[str, Any]:
+    """The database's revisions, the code's head and where the database stands."""
+    with _database(database_url, read_only=True) as engine:
+        with engine.connect() as conn:
+            revisions = list(migrate.current_revisions(conn))
+        return {
+            "database": database_name(database_url),
+            "revisions": revisions,
+            "head": migrate.head_revision(),
+            "state": migrate.state(engine),
+            "message": migrate.describe_current(engine),
+        }
+
+
 def db_downgrade(database_url: str | None, revision: str) -> str:
+    _check_revision(revision)
     with _database(database_url) as engine, schema_lock(engine):
         return migrate.downgrade(engine, revision)
 
 
 def db_current(database_url: str | None) -> str:
-    with _database(database_url) as engine:
+    with _database(database_url, read_only=True) as engine:
         return f"{mask_url(engine.url)}: {migrate.describe_current(engine)}"
 
 
@@ -87,17 +242,21 @@ def load(
     options = ReadOptions(
         sheet=sheet, delimiter=delimiter, encoding=encoding, date_order=_date_order(date_order)
     ).checked()
-    if view != "all" and view not in VIEWS:
-        raise ConfigError(f"unknown view {view!r}; use one of {', '.join(VIEW_ORDER)} or all")
+    check_view(view, allow_all=True)
     if source != "api":
         path = Path(source)
         if not path.exists():
-            raise SourceError(
-                f"{path} does not exist; give a file (.json, .csv, .xlsx) or a folder"
+            raise NotFound(
+                f"{path} does not exist; give a file (.json, .csv, .xlsx) or a folder to --from"
             )
         if view != "all" and path.is_dir():
             raise ConfigError(
                 f"{path} is a folder; give the {view} export file, or use `otc load all --from {path}`"
+            )
+        if view == "all" and not path.is_dir():
+            raise ConfigError(
+                f"{path} is a file; `otc load all --from` takes a folder of exports, "
+                "or load the file as its view (`otc load tickets --from FILE`)"
             )
     from . import monitoring
 
@@ -111,13 +270,14 @@ def load(
         settings.require_credentials()
 
         def between() -> None:
+            if progress is not None:
+                progress.waiting("the API's pause between views", api.view_gap(settings))
             api.wait_between_views(settings)
 
-    with _database(database_url) as engine:
-        monitoring.load_started(view, source, engine.url)
+    def run(bind: Engine | Connection) -> list[pipeline.RunSummary]:
         if view == "all":
-            summaries = pipeline.load_all(
-                engine,
+            return pipeline.load_all(
+                bind,
                 source if source == "api" else Path(source),
                 chunk_size=chunk_size,
                 dry_run=dry_run,
@@ -127,20 +287,55 @@ def load(
                 wait_s=wait_s,
                 on_wait=on_wait,
             )
-        else:
-            summaries = [
-                pipeline.load_view(
-                    engine,
-                    view,
-                    source if source == "api" else Path(source),
-                    chunk_size=chunk_size,
-                    dry_run=dry_run,
-                    progress=progress,
-                    options=options,
-                    wait_s=wait_s,
-                    on_wait=on_wait,
-                )
-            ]
+        return [
+            pipeline.load_view(
+                bind,
+                view,
+                source if source == "api" else Path(source),
+                chunk_size=chunk_size,
+                dry_run=dry_run,
+                progress=progress,
+                options=options,
+                wait_s=wait_s,
+                on_wait=on_wait,
+            )
+        ]
+
+    setting = database_setting(database_url)
+    if dry_run and missing_sqlite_file(setting) is not None:
+        # Previewing a first load must not create the file: the preview runs on an
+        # in-memory database of the same dialect, at head and empty.
+        if progress is not None:
+            progress.note(f"{database_name(database_url)} does not exist: previewing a first load")
+        scratch = make_engine("sqlite://")
+        try:
+            migrate.upgrade(scratch, "head")
+            return run(scratch)
+        finally:
+            scratch.dispose()
+    started = time.monotonic()
+    with _database(database_url) as engine:
+        if progress is not None:
+            progress.note(
+                f"connected to {database_name(database_url)} ({setting.origin}) "
+                f"in {time.monotonic() - started:.2f} s"
+            )
+        if dry_run and migrate.state(engine) == "empty":
+            # The schema is created inside a transaction rolled back with the preview
+            # (PostgreSQL and SQLite both roll DDL back): nothing is left behind.
+            from alembic import command
+
+            if progress is not None:
+                progress.note("the database is empty: previewing a first load")
+            with engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    command.upgrade(migrate.alembic_config(conn), "head")
+                    return run(conn)
+                finally:
+                    transaction.rollback()
+        monitoring.load_started(view, source, engine.url)
+        summaries = run(engine)
         # Once every view's transaction is over: log events, alerts, the metrics file.
         monitoring.after_load(engine, summaries)
         return summaries
@@ -181,7 +376,8 @@ def _run_dict(run: EtlRun) -> dict[str, Any]:
 
 def runs_history(database_url: str | None, view: str | None, limit: int) -> list[dict[str, Any]]:
     """The latest runs, newest first."""
-    with _database(database_url, at_head=True) as engine:
+    check_view(view)
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             query = select(EtlRun).order_by(EtlRun.id.desc()).limit(limit)
             if view:
@@ -191,8 +387,10 @@ def runs_history(database_url: str | None, view: str | None, limit: int) -> list
 
 def rejects(database_url: str | None, run_id: int | None, limit: int) -> list[dict[str, Any]]:
     """Rejected rows of one run (default: the latest run that rejected any)."""
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
+            if run_id is not None and session.get(EtlRun, run_id) is None:
+                raise NotFound(f"there is no run {run_id}; see `otc runs` for the run ids")
             if run_id is None:
                 run_id = session.scalar(select(func.max(EtlReject.run_id)))
                 if run_id is None:
@@ -224,7 +422,7 @@ def status_check(
     error_after: float | None = None,
 ) -> list[freshness.ViewFreshness]:
     """Every view's freshness against its thresholds (for `otc status --check`)."""
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             return freshness.check(
                 session, runs.utcnow(), warn_after=warn_after, error_after=error_after
@@ -236,7 +434,7 @@ def rejects_summary(database_url: str | None, run_id: int | None) -> list[dict[s
 
     Of one run with ``run_id``; else of each view's latest run that rejected any.
     """
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             if run_id is not None:
                 run_ids = [run_id]
@@ -282,7 +480,7 @@ def status(
     """Per view: last run, last successful load and its age, rows, orphans, newest source time."""
     now = runs.utcnow()
     result = []
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with Session(engine) as session:
             judged = {
                 v.view: v
@@ -358,7 +556,7 @@ def users_list(database_url: str | None) -> list[dict[str, Any]]:
     """Every user_lookup row, by short username."""
     from . import users
 
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with engine.connect() as conn:
             return users.list_users(conn)
 
@@ -367,7 +565,7 @@ def users_conflicts(database_url: str | None) -> list[dict[str, Any]]:
     """Short names with several full names (and the reverse), left as they were."""
     from . import users
 
-    with _database(database_url, at_head=True) as engine:
+    with _database(database_url, at_head=True, read_only=True) as engine:
         with engine.connect() as conn:
             return users.conflicts(conn)
 

@@ -19,8 +19,12 @@ class ConfigError(OtcError):
     exit_code = 2
 
 
-class DatabaseUnreachable(ConfigError):
-    """The database URL does not lead to a database we can open."""
+class NotFound(ConfigError):
+    """A view, run, revision, file or database named by the user does not exist."""
+
+
+class DatabaseUnreachable(OtcError):
+    """The database URL does not lead to a database we can open (a failure, not a usage error)."""
 
 
 class SchemaNotReady(ConfigError):

@@ -44,6 +44,7 @@ from .load import (
 )
 from .models import EtlRun
 from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone, match_fields
+from .readmeter import ReadMeter
 from .settings import date_order_setting, timezone_name
 from .sources.files import (
     JsonPart,
@@ -66,7 +67,35 @@ SUFFIXES = (".json", ".csv", ".xlsx")
 TOP_REASONS = 5  # reject reasons a load reports, most frequent first
 
 Source = Path | str | Iterable[Any]
-Progress = Callable[[str, int], None]
+
+
+class LoadProgress:
+    """What a load tells a progress display as it goes; every method does nothing here.
+
+    The CLI's display (display.py) overrides them. A source's ``size`` is its bytes
+    when known (a file); ``bytes_read`` is how far its readers are (None: unknown).
+    """
+
+    def note(self, text: str) -> None:
+        """Something worth saying with --verbose (connecting, the schema, ...)."""
+
+    def view_started(self, view: str, source: str, size: int | None) -> None:
+        """A view's load begins reading ``source``."""
+
+    def rows_read(self, view: str, rows: int, bytes_read: int | None) -> None:
+        """Another chunk of the view was read and staged: ``rows`` so far."""
+
+    def stage(self, view: str, what: str) -> None:
+        """The view's load moved on to ``what`` (e.g. merging the staged rows)."""
+
+    def view_finished(self, summary: RunSummary) -> None:
+        """The view's load ended (committed, dry-run or failed)."""
+
+    def waiting(self, what: str, seconds: float | None) -> None:
+        """Nothing moves until ``what`` (the API's pause between views, a lock) is over."""
+
+
+Progress = LoadProgress
 
 
 @dataclass(kw_only=True)
@@ -432,6 +461,7 @@ def _chunks_from_readers(
                     half,
                     options,
                 ),
+                # readmeter.py finds the readers by this name.
                 name=f"otc-read-{view.name}" + (f"-{half}" if half else ""),
                 daemon=True,
             )
@@ -615,6 +645,9 @@ def _run(
     """
     started = time.monotonic()
     summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
+    if progress is not None:
+        size = source.stat().st_size if isinstance(source, Path) and source.is_file() else None
+        progress.view_started(view.name, source_text, size)
     loader: ViewLoader | None = None
     unknown_fields: frozenset[str] = frozenset()
     renamed_fields: frozenset[tuple[str, str]] = frozenset()
@@ -659,6 +692,9 @@ def _run(
             if may_split and not loader.merges_as_it_reads and isinstance(source, str | Path):
                 if source != "api":
                     halves = split_json(Path(source), SPLIT_MIN_BYTES)
+            meter = None
+            if progress is not None and isinstance(source, Path):
+                meter = ReadMeter(source, (0, halves[1].start) if halves else (0,))
             chunks = _chunks(
                 view,
                 source,
@@ -679,9 +715,12 @@ def _run(
                     reasons.update((r.field, r.reason) for r in chunk.rejects)
                     _refuse_other_date_order(chunk.rejects, source_text)
                     if progress is not None:
-                        progress(view.name, loader.counts.fetched)
+                        bytes_read = meter.bytes_read() if meter is not None else None
+                        progress.rows_read(view.name, loader.counts.fetched, bytes_read)
                     stopping.pause_point("staged", view.name)
             stopping.pause_point("merge", view.name)
+            if progress is not None:
+                progress.stage(view.name, "merging into the table")
             loader.finish()
             after_load(conn, view, summary, loader.counts)
             if dry_run:
@@ -731,9 +770,13 @@ def _run(
         summary.duration_s = round(time.monotonic() - started, 3)
         with stopping.held():
             _close_failed_run(closer, summary)
+        if progress is not None:
+            progress.view_finished(summary)
         if signum:
             raise stopping.Stopped(signum, [summary]) from exc
         return summary
+    if progress is not None:
+        progress.view_finished(summary)
     return summary
 
 
@@ -981,5 +1024,7 @@ def load_all(
                         retry_later=isinstance(exc, TemporaryRefusal),
                     )
                 )
+                if progress is not None:
+                    progress.view_finished(summaries[-1])
     summaries.sort(key=lambda summary: VIEW_ORDER.index(summary.view))
     return summaries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,3 +62,86 @@ def test_the_chunk_size_default_is_the_pipelines() -> None:
 
     default = inspect.signature(cli.load).parameters["chunk_size"].default
     assert default == pipeline.DEFAULT_CHUNK_SIZE
+
+
+def _help_text(path: tuple[str, ...]) -> str:
+    result = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _leaf_commands() -> list[tuple[str, ...]]:
+    root = typer.main.get_command(app)
+    leaves = []
+    for path in _commands():
+        command: Any = root
+        for name in path:
+            command = command.commands[name]
+        if not hasattr(command, "commands"):
+            leaves.append(path)
+    return leaves
+
+
+def _params(path: tuple[str, ...]) -> set[str]:
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return {opt for p in command.params for opt in p.opts}
+
+
+@pytest.mark.parametrize("path", _leaf_commands(), ids=" ".join)
+def test_every_command_shows_an_example_and_its_environment(path: tuple[str, ...]) -> None:
+    text = _help_text(path)
+    assert "Examples:" in text and f"otc {' '.join(path)}" in text.split("Examples:")[1]
+    if "--database-url" in _params(path):
+        for name in ("OTC_DATABASE_URL", "OTC_PG_HOST", "OTC_PG_PASSWORD"):
+            assert name in text, f"`otc {' '.join(path)} --help` does not mention {name}"
+    if path in (("load",), ("api", "check")):
+        for name in ("OTC_API_USER", "OTC_API_PASSWORD", "OTC_API_VIEW_GAP_S", "OTC_STATE_DIR"):
+            assert name in text
+    if path == ("load",):
+        assert "OTC_TIMEZONE" in text
+
+
+@pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "otc")
+def test_flags_show_no_value_metavar_and_h_is_help(path: tuple[str, ...]) -> None:
+    text = _help_text(path)
+    assert "<bool>" not in text
+    short = CliRunner().invoke(app, [*path, "-h"], terminal_width=200)
+    assert short.exit_code == 0 and short.output == text
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"otc {version('otc-pipeline')}\n"
+
+
+def test_shell_completion_is_offered() -> None:
+    text = _help_text(())
+    assert "--install-completion" in text and "--show-completion" in text
+
+
+@pytest.mark.parametrize("path", _leaf_commands(), ids=" ".join)
+def test_global_options_are_accepted_after_the_command(path: tuple[str, ...]) -> None:
+    assert {"--debug", "--quiet", "-q", "--verbose", "-v"} <= _params(path)
+
+
+def test_debug_after_the_command_shows_the_traceback(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    after = CliRunner().invoke(app, ["runs", "--database-url", url, "--debug"])
+    before = CliRunner().invoke(app, ["--debug", "runs", "--database-url", url])
+    plain = CliRunner().invoke(app, ["runs", "--database-url", url])
+    assert "Traceback" in after.output and "Traceback" in before.output
+    assert "Traceback" not in plain.output  # the state of one invocation does not leak
+
+
+def test_quiet_and_verbose_contradict() -> None:
+    result = CliRunner().invoke(app, ["status", "-q", "-v"])
+    assert result.exit_code == 2 and "--quiet and --verbose" in result.output
+
+
+def test_database_url_option_shows_its_variable() -> None:
+    assert "env var: OTC_DATABASE_URL" in _help_text(("status",))

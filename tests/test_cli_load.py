@@ -73,13 +73,13 @@ def test_load_all_then_status_runs_rejects(db_url: str, samples: Path) -> None:
 
     status = otc("status", "--database-url", db_url, "--json")
     assert status.exit_code == 0
-    by_view = {v["view"]: v for v in json.loads(status.stdout)}
+    by_view = {v["view"]: v for v in json.loads(status.stdout)["views"]}
     assert by_view["tickets"]["rows"] == 300 and by_view["tickets"]["stale"] is False
     assert by_view["timesheets"]["last_status"] == "success"
 
     history = json.loads(
         otc("runs", "--database-url", db_url, "--json", "--view", "comments").stdout
-    )
+    )["runs"]
     assert [r["view"] for r in history] == ["comments"]
     assert otc("rejects", "--database-url", db_url).stdout.strip() == "no rejected rows"
     text_status = otc("status", "--database-url", db_url).stdout
@@ -178,10 +178,10 @@ def test_missing_file_and_usage_errors(db_url: str, tmp_path: Path) -> None:
     missing = otc(
         "load", "tickets", "--from", str(tmp_path / "nope.json"), "--database-url", db_url
     )
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2
     assert (
         missing.stderr.strip()
-        == f"Error: {tmp_path / 'nope.json'} does not exist; give a file (.json, .csv, .xlsx) or a folder"
+        == f"Error: {tmp_path / 'nope.json'} does not exist; give a file (.json, .csv, .xlsx) or a folder to --from"
     )
     unknown = otc("load", "widgets", "--from", str(tmp_path), "--database-url", db_url)
     assert unknown.exit_code == 2 and unknown.stderr.startswith("Error: unknown view 'widgets'")
@@ -194,7 +194,7 @@ def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> No
     export = tmp_path / "tickets.json"
     export.write_text("[]")
     result = otc("load", "tickets", "--from", str(export), "--database-url", url)
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a failure, not a usage mistake
     assert "s3cret-pw" not in result.output
     line = result.stderr.strip()
     assert line.startswith(
@@ -302,4 +302,5 @@ def test_json_summary_keys_come_in_the_documented_order(tmp_path: Path) -> None:
         "duplicates",
         "rejected",
         "duration_s",
+        "database",
     ]

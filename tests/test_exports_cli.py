@@ -169,7 +169,7 @@ def test_a_load_whose_every_record_is_rejected_fails(db_url: str, tmp_path: Path
     ]
 
     grouped = otc("rejects", "--summary", "--database-url", db_url, "--json")
-    assert json.loads(grouped.stdout) == [
+    assert json.loads(grouped.stdout)["groups"] == [
         {
             "view": "timesheets",
             "run_id": summary["run_id"],

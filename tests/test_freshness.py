@@ -188,7 +188,7 @@ def test_json_gives_every_views_state(db_url: str) -> None:
     )
     result = check(db_url, "--json")
     assert result.exit_code == 1
-    views = {v["view"]: v for v in json.loads(result.stdout)}
+    views = {v["view"]: v for v in json.loads(result.stdout)["views"]}
     assert {name: v["state"] for name, v in views.items()} == {
         "tickets": "fresh",
         "timesheets": "warn",
@@ -207,7 +207,7 @@ def test_plain_status_uses_the_warn_threshold_for_stale(db_url: str) -> None:
         app, ["status", "--json", "--database-url", db_url, "--warn-after", "2h"]
     )
     assert result.exit_code == 0, result.output
-    views = json.loads(result.stdout)
+    views = json.loads(result.stdout)["views"]
     assert all(v["stale"] and v["freshness"] == "warn" for v in views)
 
 

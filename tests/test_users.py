@@ -314,7 +314,7 @@ def test_cli_users_commands(db_url: str, db: Engine) -> None:
 
     listed = runner.invoke(app, ["users", "list", "--json", "--database-url", db_url])
     assert listed.exit_code == 0, listed.output
-    rows = json.loads(listed.output)
+    rows = json.loads(listed.output)["users"]
     assert [(r["short_username"], r["full_name"], r["source"]) for r in rows] == [
         ("djewell", "Dion Jewell", "auto_timesheet")
     ]
@@ -323,7 +323,7 @@ def test_cli_users_commands(db_url: str, db: Engine) -> None:
 
     found = runner.invoke(app, ["users", "conflicts", "--json", "--database-url", db_url])
     assert found.exit_code == 0, found.output
-    assert [(c["kind"], c["name"]) for c in json.loads(found.output)] == [
+    assert [(c["kind"], c["name"]) for c in json.loads(found.output)["conflicts"]] == [
         ("short_username", "jsmith")
     ]
     plain = runner.invoke(app, ["users", "conflicts", "--database-url", db_url])
