@@ -962,7 +962,17 @@ def rejects(
         say(f"run {r['run_id']} {r['view']} position {r['position']}: {where}: {r['reason']}")
 
 
-@app.command("prune")
+@app.command(
+    "prune",
+    epilog=about(
+        [
+            "otc prune --older-than 90d --dry-run   # count what would go",
+            "otc prune --older-than 90d",
+            "otc prune --older-than 12w --json",
+        ],
+        DATABASE_ENV,
+    ),
+)
 @handle_errors
 def prune(
     older_than: Annotated[
@@ -993,7 +1003,7 @@ def prune(
         print_json(result.as_dict())
         return
     verb = "would remove" if result.dry_run else "removed"
-    typer.echo(
+    say(
         f"{verb} {result.runs:,} runs and {result.rejects:,} rejected rows older than "
         f"{hours / 24:g} days (before {result.cutoff:%Y-%m-%d %H:%M} UTC); "
         "the latest run of each view is kept"
