@@ -63,7 +63,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import FromClause
 
-from .errors import DatabaseFailed
+from .db import WRITER
+from .errors import DatabaseBusy, DatabaseFailed
 from .models import TIMESHEETS_SQLITE_KEY, EtlReject
 from .parse import COPY_NULL, Plan, Reject
 from .views import View
@@ -393,7 +394,9 @@ class ViewLoader:
         if self.dialect != "sqlite" or url.database in (None, "", ":memory:"):
             return self._target_is_empty()
         with self.conn.engine.connect() as other:
-            options = self.conn.get_execution_options()
+            # A reader: not the load connection's BEGIN IMMEDIATE, which would wait for
+            # the write lock that connection may hold.
+            options = {k: v for k, v in self.conn.get_execution_options().items() if k != WRITER}
             other = other.execution_options(**options)
             empty = (
                 other.execute(
@@ -421,8 +424,19 @@ class ViewLoader:
             name = self.conn.dialect.identifier_preparer.format_table(target)
             self.conn.exec_driver_sql(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE")
         else:
-            # A write that changes nothing still takes SQLite's write lock now.
-            self.conn.execute(delete(target).where(literal_column("0") == 1))
+            # A write that changes nothing still takes SQLite's write lock now; another
+            # writer (a load of another view) holding it past the busy timeout is a
+            # temporary refusal, not a failure of this view.
+            try:
+                self.conn.execute(delete(target).where(literal_column("0") == 1))
+            except DBAPIError as exc:
+                if "locked" not in str(exc.orig):
+                    raise
+                raise DatabaseBusy(
+                    f"another process kept the SQLite database {self.conn.engine.url.database} "
+                    "locked for writing past its busy timeout (a load of another view?); "
+                    "run again when it ends"
+                ) from None
         self._locked = True
 
     def _begin_merging_as_it_reads(self) -> bool:

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import migrate, runs, stopping, users
-from .db import connection, schema_lock
+from .db import WRITER, connection, schema_lock
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import (
     SECOND_HALF,
@@ -683,6 +683,11 @@ def _run(
         nonlocal loader, unknown_fields, renamed_fields, commit_begun
         unknown_fields, renamed_fields = frozenset(), frozenset()
         reasons.clear()
+        if conn.dialect.name == "sqlite":
+            # The load's transaction begins deferred: it takes SQLite's one write lock
+            # only when its merge begins (see ViewLoader), so other writers go on
+            # while it reads. (The view lock's connection otherwise begins IMMEDIATE.)
+            conn.execution_options(**{WRITER: False})
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
         try:
             is_api = isinstance(source, str) and source == "api"
