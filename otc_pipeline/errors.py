@@ -53,3 +53,7 @@ class ApiUnavailable(ApiError, TemporaryRefusal):
     """The OTC API was not called: its circuit breaker is open or the hourly cap is used up."""
 
     exit_code = 75
+
+
+class DatabaseFailed(OtcError):
+    """The database failed the load itself (disk, memory, a lock, a timeout, the connection)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,8 +54,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import FromClause
 
+from .errors import DatabaseFailed
 from .models import TIMESHEETS_SQLITE_KEY, EtlReject
-from .parse import Plan, Reject
+from .parse import COPY_NULL, Plan, Reject
 from .views import View
 
 POSITION = "_otc_position"
@@ -68,6 +70,49 @@ SECOND_HALF = 1 << 40
 # Planner settings for comparing staged rows with the table (see ViewLoader._planned).
 _INDEX_PROBES = {"enable_hashjoin": "off", "enable_mergejoin": "off", "enable_seqscan": "off"}
 _ONE_HASH_JOIN = {"enable_nestloop": "off", "enable_mergejoin": "off", "work_mem": "'64MB'"}
+
+
+# What tells a refused row from a failed database. Only an error about one row's values
+# is isolated (by bisection) into rejects: SQLSTATE class 22 (data exception: a value out
+# of range, a bad date), class 23 (integrity: not null, unique, check), and P0001, what a
+# trigger's RAISE EXCEPTION gives when it names no code (how triggers refuse a row).
+# Anything else (class 53 disk or memory, 55P03/57014 lock and statement timeouts, 08
+# connection, 57P0x operator, 40 deadlock, XX internal) concerns no row: retrying halves
+# of a chunk would only fail again, so the view fails at once with that first error.
+_ROW_SQLSTATE_CLASSES = ("22", "23")
+_ROW_SQLSTATES = ("P0001",)
+# SQLite's primary result codes for a row's values: TOOBIG, CONSTRAINT (also a trigger's
+# RAISE(ABORT)), MISMATCH. FULL, BUSY, LOCKED, IOERR, NOMEM and the rest fail the view.
+_SQLITE_ROW_CODES = (18, 19, 20)
+
+
+def is_row_refusal(error: DBAPIError) -> bool:
+    """Whether the database refused a row's values (a reject) rather than failed (the view fails)."""
+    if error.connection_invalidated:
+        return False
+    orig = error.orig
+    sqlstate = getattr(orig, "pgcode", None)
+    if sqlstate is not None:
+        return sqlstate[:2] in _ROW_SQLSTATE_CLASSES or sqlstate in _ROW_SQLSTATES
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_ROW_CODES
+    return False
+
+
+def database_failure(error: DBAPIError) -> DatabaseFailed:
+    """The one error a load reports when the database failed it (its first error, in words)."""
+    orig = error.orig
+    lines = str(orig if orig is not None else error).strip().splitlines()
+    detail = lines[0].removeprefix("FATAL:  ").strip() if lines else type(error).__name__
+    sqlstate = getattr(orig, "pgcode", None) or getattr(orig, "sqlite_errorname", None)
+    if sqlstate:
+        detail = f"{detail} ({'SQLSTATE ' if getattr(orig, 'pgcode', None) else ''}{sqlstate})"
+    if error.connection_invalidated or (sqlstate or "").startswith(("08", "57P")):
+        what = f"the database connection was lost ({detail})"
+    else:
+        what = f"the database failed: {detail}"
+    return DatabaseFailed(f"{what}; nothing of this view was committed; run the load again")
 
 
 @dataclass
@@ -374,10 +419,7 @@ class ViewLoader:
         for group in chunk.groups:
             self._column_sets[group.columns] = group.column_set
             staged.column_sets.add(group.column_set)
-            if group.copy_text is not None:
-                self._staged_rows += self._copy(group)
-            else:
-                self._staged_rows += self._insert(group)
+            self._staged_rows += self._stage_group(group)
         self._note_source_time(staged)
         set_columns = {set_id: columns for columns, set_id in self._column_sets.items()}
         if self.merges_as_it_reads:
@@ -424,25 +466,73 @@ class ViewLoader:
             for setting in settings:
                 self.conn.exec_driver_sql(f"RESET {setting}")
 
-    def _copy(self, group: StagedGroup) -> int:
-        """COPY one group's lines (COPY's text format) into the stage; how many rows."""
+    def _stage_group(self, group: StagedGroup) -> int:
+        """Stage one group's rows; rows the database refuses become rejects; how many staged.
+
+        A refusal while staging (a number too large for the column, say) is isolated
+        like one at the merge: the rows are retried in halves inside savepoints until
+        the refused ones are found. The whole group goes in one statement otherwise.
+        """
+        rows: list[Any] = (
+            [group.copy_text] if group.copy_text is not None else list(group.rows or ())
+        )
+        return self._stage_rows(group.columns, rows, whole=group.copy_text is not None)
+
+    def _stage_rows(self, columns: tuple[str, ...], rows: list[Any], whole: bool = False) -> int:
+        """Stage ``rows`` (COPY lines as one bytes, if ``whole``), bisecting refused ones."""
+        savepoint = self.conn.begin_nested()
+        try:
+            if self.dialect == "postgresql":
+                staged = self._copy(columns, rows[0] if whole else b"\n".join(rows) + b"\n")
+            else:
+                staged = self._insert(columns, rows)
+        except DBAPIError as exc:
+            if not is_row_refusal(exc):
+                raise database_failure(exc) from exc
+            savepoint.rollback()
+            if whole:
+                rows = rows[0].split(b"\n")[:-1]
+            if len(rows) == 1:
+                self._reject_unstaged(columns, rows[0], exc)
+                return 0
+            middle = len(rows) // 2
+            return self._stage_rows(columns, rows[:middle]) + self._stage_rows(
+                columns, rows[middle:]
+            )
+        savepoint.commit()
+        return staged
+
+    def _copy(self, columns: tuple[str, ...], copy_text: bytes) -> int:
+        """COPY lines (COPY's text format) into the stage; how many rows."""
         dbapi = self.conn.connection.dbapi_connection
-        assert dbapi is not None and group.copy_text is not None
+        assert dbapi is not None
         quote = self.conn.dialect.identifier_preparer.quote
-        columns = ", ".join(quote(name) for name in [*STAGE_PREFIX, *group.columns])
+        names = ", ".join(quote(name) for name in [*STAGE_PREFIX, *columns])
+        statement = f"COPY {self._stage.name} ({names}) FROM STDIN"
         cursor: Any = dbapi.cursor()
         try:
-            cursor.copy_expert(
-                f"COPY {self._stage.name} ({columns}) FROM STDIN",
-                io.BytesIO(group.copy_text),
-                size=1 << 20,
-            )
+            cursor.copy_expert(statement, io.BytesIO(copy_text), size=1 << 20)
             return int(cursor.rowcount)
+        except self.conn.dialect.loaded_dbapi.Error as exc:
+            # The driver's own cursor: say what SQLAlchemy would have said, and let go
+            # of a connection the server has closed (else returning it to the pool fails).
+            lost = bool(dbapi.closed)
+            if lost:
+                self.conn.invalidate(exc)
+            raise DBAPIError.instance(
+                statement,
+                None,
+                exc,
+                self.conn.dialect.loaded_dbapi.Error,
+                connection_invalidated=lost,
+                dialect=self.conn.dialect,
+            ) from exc
         finally:
-            cursor.close()
+            if not dbapi.closed:
+                cursor.close()
 
-    def _insert(self, group: StagedGroup) -> int:
-        """Insert one group's rows into the stage by executemany; how many rows.
+    def _insert(self, columns: tuple[str, ...], staged_rows: list[tuple[Any, ...]]) -> int:
+        """Insert rows into the stage by executemany; how many rows.
 
         Straight to the driver with positional rows: building a dict per row for
         SQLAlchemy's executemany took 2.4 s of a 4.2 s SQLite reload of 100k
@@ -450,7 +540,7 @@ class ViewLoader:
         (dates, numbers and flags as SQLite stores them), so rows match those the
         ORM writes.
         """
-        names = [*STAGE_PREFIX, *group.columns]
+        names = [*STAGE_PREFIX, *columns]
         compiled = (
             insert(self._stage)
             .values({name: bindparam(name) for name in names})
@@ -465,7 +555,7 @@ class ViewLoader:
             # The dialect's own type: SQLite's DATETIME keeps microseconds, as the ORM does.
             if (processor := self._stage.c[name].type.dialect_impl(dialect).bind_processor(dialect))
         ]
-        rows = [_reordered(row, order, processors) for row in group.rows or ()]
+        rows = [_reordered(row, order, processors) for row in staged_rows]
         if rows:
             self.conn.exec_driver_sql(str(compiled), rows)
         return len(rows)
@@ -642,13 +732,20 @@ class ViewLoader:
         )
 
     def _merge_range(self, columns: tuple[str, ...], set_id: int, first: int, last: int) -> None:
-        """Merge staged rows of one column set in [first, last]; bisect if refused."""
+        """Merge staged rows of one column set in [first, last]; bisect if a row is refused."""
+        savepoint = self.conn.begin_nested()
         try:
-            with self.conn.begin_nested():
-                self._merge(columns, set_id, first, last)
-            return
+            self._merge(columns, set_id, first, last)
         except DBAPIError as exc:
+            if not is_row_refusal(exc):
+                # The transaction is lost anyway; rolling back to the savepoint first could
+                # only fail again (a lost connection) and hide this error behind its own.
+                raise database_failure(exc) from exc
             error = exc
+            savepoint.rollback()
+        else:
+            savepoint.commit()
+            return
         positions = list(
             self.conn.execute(
                 select(self._stage.c[POSITION])
@@ -716,15 +813,60 @@ class ViewLoader:
             self.counts.updated += written - inserted
             self.counts.unchanged += sent - written
 
+    def _reject_unstaged(self, columns: tuple[str, ...], row: Any, error: DBAPIError) -> None:
+        """Store a row the database refused while staging (a COPY line or a stage row)."""
+        if isinstance(row, bytes):
+            fields = row.decode().split("\t")
+            values: list[Any] = [_from_copy_text(f) for f in fields[len(STAGE_PREFIX) :]]
+            position = int(fields[1])
+        else:
+            values, position = list(row[len(STAGE_PREFIX) :]), int(row[1])
+        record = {self.view.columns[c]: v for c, v in zip(columns, values, strict=True)}
+        field = _refused_field(error, self.view)
+        self._store_rejects(
+            [
+                Reject(
+                    position,
+                    field,
+                    None if field is None else record.get(field),
+                    f"refused by the database: {_first_line(error)}",
+                    record,
+                )
+            ]
+        )
+
     def _reject_staged(self, position: int, columns: tuple[str, ...], error: DBAPIError) -> None:
         row = self.conn.execute(
             select(*[self._stage.c[c] for c in columns]).where(self._stage.c[POSITION] == position)
         ).one()
         record = {self.view.columns[c]: v for c, v in zip(columns, row, strict=True)}
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         self._store_rejects(
-            [Reject(position, None, None, f"refused by the database: {reason}", record)]
+            [Reject(position, None, None, f"refused by the database: {_first_line(error)}", record)]
         )
+
+
+def _first_line(error: DBAPIError) -> str:
+    lines = str(error.orig if error.orig is not None else error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+_COPY_UNESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+
+
+def _from_copy_text(field: str) -> str | None:
+    """One field of COPY's text format back as the text it stands for (None for NULL)."""
+    if field == COPY_NULL:
+        return None
+    return re.sub(r"\\[\\tnr]", lambda m: _COPY_UNESCAPES[m.group()], field)
+
+
+def _refused_field(error: DBAPIError, view: View) -> str | None:
+    """The source field of the value PostgreSQL refused, from the error's COPY context."""
+    diag = getattr(error.orig, "diag", None)
+    context = getattr(diag, "context", None) or ""
+    found = re.search(r", column (.+?): ", context)
+    column = found.group(1) if found else None
+    return view.columns.get(column) if column else None
 
 
 def _reordered(

@@ -22,11 +22,20 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from . import migrate, runs, users
 from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
-from .load import SECOND_HALF, ChunkEncoder, LoadCounts, ParsedChunk, ViewLoader, seen_before
+from .load import (
+    SECOND_HALF,
+    ChunkEncoder,
+    LoadCounts,
+    ParsedChunk,
+    ViewLoader,
+    database_failure,
+    seen_before,
+)
 from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone, match_fields
 from .settings import date_order_setting, timezone_name
 from .sources.files import (
@@ -550,7 +559,10 @@ def _run(
             else:
                 transaction.commit()
         except BaseException:
-            transaction.rollback()
+            try:
+                transaction.rollback()
+            except Exception:  # noqa: BLE001 - a lost connection: the first error is the one to report
+                pass
             raise
 
     try:
@@ -670,6 +682,8 @@ def _error_text(exc: BaseException, source_text: str) -> str:
         return str(exc)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by the user"
+    if isinstance(exc, DBAPIError):
+        return str(database_failure(exc))
     orig = getattr(exc, "orig", None)
     detail = str(orig if orig is not None else exc).strip().splitlines()
     first = detail[0] if detail else type(exc).__name__
