@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import migrate, runs, users
 from .db import connection
@@ -219,7 +219,7 @@ def parsed_chunks(
     options = options or ReadOptions()
     parser = Parser(view, timezone, as_text=for_copy, date_order=options.date_order or "dmy")
     if encoder is None:
-        encoder = ChunkEncoder(for_copy)
+        encoder = ChunkEncoder(view, for_copy)
     rejects: list[Reject] = []
     records = 0
     # Each record is parsed as it arrives and then let go: a chunk holds parsed rows only.
@@ -287,7 +287,7 @@ def _produce(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     collect_rarely()
     try:
-        encoder = ChunkEncoder(for_copy, keep_key_hashes=half == "second")
+        encoder = ChunkEncoder(VIEWS[view_name], for_copy, keep_key_hashes=half == "second")
         records = 0
         for chunk in parsed_chunks(
             VIEWS[view_name],
@@ -526,14 +526,13 @@ def _run(
         reasons.clear()
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
         try:
-            loader = ViewLoader(conn, view, run_id)
+            is_api = isinstance(source, str) and source == "api"
+            loader = ViewLoader(conn, view, run_id, merge_while_reading=not is_api)
             # Only a reload reads a file in halves: a first load merges chunks in order.
             halves = None
             if may_split and not loader.merges_as_it_reads and isinstance(source, str | Path):
                 if source != "api":
                     halves = split_json(Path(source), SPLIT_MIN_BYTES)
-            if halves is not None:
-                loader.compare_at_end()
             chunks = _chunks(
                 view,
                 source,
@@ -582,7 +581,7 @@ def _run(
         # Counts of a failed run describe what was read, not what was written.
         summary.inserted = summary.updated = summary.unchanged = 0
         summary.duration_s = round(time.monotonic() - started, 3)
-        _close_run(engine, summary)
+        _close_failed_run(engine, summary)
         if isinstance(exc, KeyboardInterrupt):
             raise
         return summary
@@ -660,6 +659,30 @@ def _close_run(engine: Engine | Connection, summary: RunSummary) -> None:
         error=summary.error,
         latest_source_time=summary.latest_source_time,
     )
+
+
+# How long a failed run's record waits for a database that went away (a restart).
+CLOSE_RUN_PATIENCE_S = 30.0
+
+
+def _close_failed_run(engine: Engine | Connection, summary: RunSummary) -> None:
+    """Close a failed run; after a lost connection, once the server answers again.
+
+    A server restart fails the load at once, while the server is still starting:
+    its run's record is written when it is back (within CLOSE_RUN_PATIENCE_S),
+    else left `running`, for the next load of the view to mark `interrupted`.
+    """
+    deadline = time.monotonic() + CLOSE_RUN_PATIENCE_S
+    while True:
+        try:
+            _close_run(engine, summary)
+            return
+        except OperationalError as exc:
+            # No SQLSTATE: no connection (refused, closed); 57P03: still starting up.
+            unreachable = getattr(exc.orig, "pgcode", None) in (None, "57P03")
+            if isinstance(engine, Connection) or not unreachable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def after_load(conn: Connection, view: View, summary: RunSummary, counts: LoadCounts) -> None:

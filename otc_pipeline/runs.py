@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from .db import connection, transaction
 from .errors import LoadLocked
@@ -77,8 +78,14 @@ def view_lock(engine: Engine | Connection, view_name: str) -> Iterator[None]:
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+                except DBAPIError as exc:
+                    # A lost session (a server restart) took its lock with it; the
+                    # load's own error is the one to report.
+                    if not exc.connection_invalidated:
+                        raise
         return
     database = engine.engine.url.database
     if not database or database == ":memory:":

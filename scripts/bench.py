@@ -18,7 +18,11 @@ and dropped here; no other database is touched):
 5. peak RSS of a load of a 1M-row JSON export (--big-rows, 0 to skip), and the time
    and peak RSS of an identical reload of it;
 6. peak RSS of a load streamed from a local OTC API server sending a large body
-   (--api-mb, 0 to skip).
+   (--api-mb, 0 to skip);
+7. records with varying field sets (--varying-rows, 0 to skip): the same timesheets,
+   once with every field (null where blank) and once omitting the null fields, as
+   APIs that omit nulls send them, so nearly every record has its own set of fields;
+   a first load and an identical reload of each, and the time ratios.
 
 Steps 1–3 run --repeat times (default 3; each first load on a fresh database) and
 the medians are reported. Ratios are printed against the targets of the load and
@@ -503,6 +507,12 @@ def main() -> None:
         "--api-mb", type=int, default=200, help="MB of the streamed API body (0 skips)"
     )
     parser.add_argument(
+        "--varying-rows",
+        type=int,
+        default=5000,
+        help="records of the varying-field-sets case (0 skips)",
+    )
+    parser.add_argument(
         "--server",
         default=os.environ.get(
             "OTC_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -658,12 +668,53 @@ def main() -> None:
             )
             big.unlink()
 
+        if args.varying_rows:
+            results.update(varying_bench(args, server, env, work))
+
         if args.api_mb:
             results.update(api_bench(args, server, env))
     finally:
         server.drop_all()
         shutil.rmtree(work, ignore_errors=True)  # the sample exports: 64 MB at 100k rows
     print(json.dumps(results))
+
+
+def varying_bench(
+    args: argparse.Namespace, server: Server, env: dict[str, str], work: Path
+) -> dict[str, Any]:
+    """First load and reload of the same records with uniform and with varying field sets."""
+    made = sample(work / "varying", args.varying_rows, seed=3)
+    records = json.loads(made.read_text())
+    keys = ("TS-User Username", "TS-Date", "TS-Time From", "TS-Crm ID")
+    others = sorted({f for r in records for f in r} - set(keys))
+    uniform, varying = [], []
+    for i, record in enumerate(records):
+        # Record i leaves out the fields of its own pattern of bits (null in the uniform file).
+        left_out = {f for j, f in enumerate(others) if (i * 2654435761 >> j) & 1}
+        uniform.append({f: (None if f in left_out else record.get(f)) for f in [*keys, *others]})
+        varying.append({f: v for f, v in uniform[-1].items() if f not in left_out})
+    sets = len({tuple(r) for r in varying})
+    seconds: dict[str, tuple[float, float]] = {}
+    for name, rows in (("uniform", uniform), ("varying", varying)):
+        path = work / f"{name}.json"
+        path.write_text(json.dumps(rows))
+        url = url_for(args.server, _fresh(server, args.server))
+        load = [*OTC, "load", "timesheets", "--from", str(path), "--database-url", url, "--json"]
+        first = json.loads(run_measured(load, env).stdout)["duration_s"]
+        again = json.loads(run_measured(load, env).stdout)["duration_s"]
+        seconds[name] = (first, again)
+    (u_first, u_again), (v_first, v_again) = seconds["uniform"], seconds["varying"]
+    print(
+        f"varying sets : {args.varying_rows:,} records in {sets:,} field sets: first load "
+        f"{v_first:.2f} s vs {u_first:.2f} s uniform ({v_first / u_first:.2f}x), reload "
+        f"{v_again:.2f} s vs {u_again:.2f} s ({v_again / u_again:.2f}x; target <= 1.5x)"
+    )
+    return {
+        "varying_rows": args.varying_rows,
+        "varying_sets": sets,
+        "varying_first_ratio": round(v_first / u_first, 2),
+        "varying_reload_ratio": round(v_again / u_again, 2),
+    }
 
 
 def api_bench(args: argparse.Namespace, server: Server, env: dict[str, str]) -> dict[str, Any]:
