@@ -511,10 +511,8 @@ class ViewLoader:
     def _planned(self, settings: dict[str, str]) -> Iterator[None]:
         """Run the statements inside with these planner settings (PostgreSQL only).
 
-        Left to itself the planner picks the other way in both cases: it hashes or
-        scans the whole table for every chunk (the cost then grows with the table,
-        not the chunk: measured 1.6x slower at 100k rows), and for the whole stage,
-        whose rows it has no statistics of, it probes the index once per row.
+        Left to itself, for the whole stage, whose rows it has no statistics of, the
+        planner probes the table's index once per row instead of one hash join.
         """
         if self.dialect != "postgresql":
             yield

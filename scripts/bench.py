@@ -684,7 +684,8 @@ def varying_bench(
 ) -> dict[str, Any]:
     """First load and reload of the same records with uniform and with varying field sets."""
     made = sample(work / "varying", args.varying_rows, seed=3)
-    records = json.loads(made.read_text())
+    body = json.loads(made.read_text())
+    records = body["message"]["data"] if isinstance(body, dict) else body
     keys = ("TS-User Username", "TS-Date", "TS-Time From", "TS-Crm ID")
     others = sorted({f for r in records for f in r} - set(keys))
     uniform, varying = [], []
