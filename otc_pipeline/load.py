@@ -264,6 +264,8 @@ class ChunkEncoder:
                     *[plan.columns.index(c) if c in carried else absent for c in self.columns]
                 )
             )
+            if len(self._layouts) >= 4096:  # a source of ever new sets: keep memory flat
+                self._layouts.clear()
             layout = self._layouts[plan.columns] = (column_set, str(column_set), spread)
         self._column_sets.add(layout[0])
         self._plan, self._layout, self._key_of = plan, layout, plan.key_of

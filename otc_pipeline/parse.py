@@ -484,6 +484,12 @@ def match_fields(view: View, fields: set[str]) -> tuple[dict[str, str], dict[str
 # --- the parser -------------------------------------------------------------------------
 
 
+# Plans compiled for as many sets of fields; records of further sets go through one
+# plan of every field (see Parser._varying_plan). Plans kept for reuse: at most PLANS_KEPT.
+COMPILED_PLANS = 8
+PLANS_KEPT = 4096
+
+
 @dataclass
 class Parser:
     """Parses raw records of one view; remembers unknown fields for the run's warnings.
@@ -503,6 +509,9 @@ class Parser:
     _plans: dict[tuple[str, ...], Plan] = field(default_factory=dict)
     _plans_by_set: dict[frozenset[str], Plan] = field(default_factory=dict)
     _last_plan: Plan | None = None  # records of one source nearly always share their fields
+    _whole_plan: Plan | None = None  # every field of the view: what varying records go through
+    _key_fields: frozenset[str] = frozenset()  # the source fields no varying record may lack
+    _unmatched: set[str] = field(default_factory=set)  # unknown names that match no field
     _coercers: dict[str, Coercer] = field(default_factory=dict)
     _caches: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
@@ -532,10 +541,66 @@ class Parser:
         if plan is None:
             plan = self._plans_by_set.get(frozenset(fields))
             if plan is None:
-                plan = self._plans_by_set[frozenset(fields)] = self._make_plan(set(fields))
+                plan = None
+                if len(self._plans_by_set) >= COMPILED_PLANS:
+                    plan = self._varying_plan(fields)
+                if plan is None:
+                    plan = self._make_plan(set(fields))
                 self.unknown_fields.update(plan.unknown)
-            self._plans[fields] = plan
+                if len(self._plans_by_set) < PLANS_KEPT:
+                    self._plans_by_set[frozenset(fields)] = plan
+            if len(self._plans) < PLANS_KEPT:
+                self._plans[fields] = plan
         return plan
+
+    def _varying_plan(self, fields: tuple[str, ...]) -> Plan | None:
+        """A plan made in microseconds for records whose fields vary (APIs omit null
+        fields: nearly every record has its own set), or None to make a full one.
+
+        Compiling a plan per set of fields took 3 ms each: for such a source, most of
+        the load. These plans pass the record, its absent fields as None, through one
+        compiled plan of every field of the view, and keep the values of its own
+        columns. Only for records whose names are the view's own or unknown (none
+        spelled otherwise), key fields present.
+        """
+        view = self.view
+        present = set(fields)
+        if len(present) != len(fields):
+            return None
+        unknown = present - view.fields.keys()
+        if unknown - self._unmatched:
+            if match_fields(view, unknown)[0]:
+                return None  # a field spelled otherwise: the full plan matches it
+            self._unmatched |= unknown
+        whole = self._whole_plan
+        if whole is None:
+            whole = self._whole_plan = self._make_plan(set(view.fields))
+            self._key_fields = frozenset(view.required) | {view.columns[k] for k in view.key}
+        if not self._key_fields <= present:
+            return None
+        assert whole.convert is not None
+        every = [step[0] for step in whole.steps]  # the view's fields, in the plan's order
+        slots = [i for i, f in enumerate(every) if f in present]
+        keep = itemgetter(*slots) if len(slots) > 1 else (lambda values: (values[slots[0]],))
+        convert_whole, width = whole.convert, len(fields)
+
+        def convert(record: Mapping[str, Any]) -> tuple[Any, ...]:
+            if len(record) != width or not present.issuperset(record):
+                raise OtherFields  # another set of fields: another plan
+            return keep(convert_whole({f: record.get(f) for f in every}))
+
+        steps = tuple(whole.steps[i] for i in slots)
+        columns = tuple(whole.columns[i] for i in slots)
+        required = view.required
+        return Plan(
+            columns=columns,
+            steps=steps,
+            missing_required=None,
+            unknown=tuple(sorted(unknown)),
+            required_slots=tuple(i for i, step in enumerate(steps) if step[0] in required),
+            convert=convert,
+            key_of=itemgetter(*[columns.index(k) for k in view.key]),
+        )
 
     def _make_plan(self, fields: set[str]) -> Plan:
         matched, renamed = match_fields(self.view, fields)

@@ -103,3 +103,23 @@ def test_varying_field_sets_take_no_more_statements_than_uniform_records(
             event.remove(engine, "before_cursor_execute", count)
         statements[name] = len(seen)
     assert statements["varying"] <= statements["uniform"] + 4
+
+
+def test_varying_records_with_unknown_and_respelled_fields(engine: Engine) -> None:
+    """Past the first few sets, records still get their unknown fields named and their
+    fields spelled otherwise ('TKT-Title ') matched, as records of one set do."""
+    records = []
+    for i in range(1, 61):
+        record = varying(i, **{"TKT-Title": f"title {i}"})
+        record["Extra Field"] = "x"
+        if i % 10 == 0 and "TKT-Title" in record:
+            record["TKT-Title "] = record.pop("TKT-Title")
+        records.append(record)
+    summary = pipeline.load_view(engine, "tickets", records)
+    assert summary.inserted == 60
+    assert any("Extra Field" in w for w in summary.warnings)
+    titles = {row[0]: row for row in table_rows(engine, Ticket)}
+    names = [c.key for c in Ticket.__table__.columns]
+    for i in range(1, 61):
+        title = dict(zip(names, titles[i], strict=True))["TKT-Title"]
+        assert title == (None if "TKT-Title" in left_out(i) else f"title {i}"), i
