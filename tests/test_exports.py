@@ -106,6 +106,14 @@ def variant_json(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     return path, {}
 
 
+def variant_json_utf16(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """PowerShell's default: UTF-16 little-endian with a byte-order mark."""
+    path = tmp_path / "timesheets.json"
+    text = json.dumps({"message": {"data": base_records()}}, ensure_ascii=False)
+    path.write_bytes(text.encode("utf-16"))  # Python's utf-16 writes the BOM, LE here
+    return path, {}
+
+
 def variant_clocks_and_headers(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     records = base_records()
     for index, record in enumerate(records):
@@ -172,6 +180,7 @@ VARIANTS: dict[str, Callable[[Path], tuple[Path, dict[str, Any]]]] = {
     ),
     "libreoffice-sheet2-title-xlsx": libreoffice("timesheets-libreoffice-sheet2-title.xlsx"),
     "json": variant_json,
+    "json-utf16": variant_json_utf16,
     "h:mm-12-hour-and-spaced-headers-csv": variant_clocks_and_headers,
     "tab-utf16-csv": variant_tab_utf16,
     "pipe-utf8-bom-csv": variant_pipe_utf8_bom,
@@ -228,3 +237,13 @@ def test_json_then_libreoffice_xlsx_then_libreoffice_csv_add_nothing(
         summary = load(engine, DATA / name, **options)
         assert (summary.inserted, summary.updated, summary.rejected) == (0, 0, 0), name
     assert stored(engine) == rows
+
+
+def test_a_broken_utf16_json_names_the_export_not_its_copy(tmp_path: Path) -> None:
+    path = tmp_path / "timesheets.json"
+    path.write_bytes('[{"TS-User Username": "djewell"'.encode("utf-16"))  # cut short
+    with pytest.raises(files.SourceError) as caught:
+        list(files.read_file(path))
+    message = str(caught.value)
+    assert message.startswith(f"{path} (read as UTF-16): JSON is truncated or malformed")
+    assert "otc-utf16-" not in message

@@ -23,7 +23,9 @@ import csv
 import io
 import json
 import re
+import shutil
 import stat
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -113,6 +115,8 @@ def read_file(path: Path, options: ReadOptions | None = None) -> Iterator[Source
         # An empty export is a successful load of nothing, whatever its type.
         return _no_records()
     if suffix == ".json":
+        if _is_utf16(path):
+            return _read_utf16_json(path)
         return _read_json(path)
     if suffix == ".csv":
         return _read_csv(path, options)
@@ -254,6 +258,37 @@ def _json_error(path: Path, f: Any, exc: Exception) -> SourceError:
     )
 
 
+def _is_utf16(path: Path) -> bool:
+    """Whether a file opens with a UTF-16 byte-order mark (PowerShell's default encoding)."""
+    with path.open("rb") as f:
+        return f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _read_utf16_json(path: Path) -> Iterator[SourceRecord]:
+    """A UTF-16 JSON export, read through a UTF-8 copy in a temporary folder.
+
+    ijson reads bytes as UTF-8 only; the copy is made a megabyte at a time, so
+    memory stays flat, and it is removed when the records have been read. Errors
+    name the export, not the copy.
+    """
+    with tempfile.TemporaryDirectory(prefix="otc-utf16-") as folder:
+        copy = Path(folder) / path.name
+        try:
+            with path.open(encoding="utf-16", newline="") as text, copy.open(
+                "w", encoding="utf-8", newline=""
+            ) as utf8:
+                shutil.copyfileobj(text, utf8, 1 << 20)
+        except UnicodeError as exc:
+            raise SourceError(
+                f"{path}: starts like UTF-16 text but is not valid UTF-16 ({exc.reason}); "
+                "re-export the view as JSON"
+            ) from None
+        try:
+            yield from _read_json(copy)
+        except SourceError as exc:
+            raise SourceError(str(exc).replace(str(copy), f"{path} (read as UTF-16)")) from None
+
+
 def _read_json(path: Path) -> Iterator[SourceRecord]:
     start = _json_start(path)
     if start is None:
@@ -302,8 +337,8 @@ def split_json(path: Path, min_bytes: int) -> tuple[JsonPart, JsonPart] | None:
     guess is always found out.
     """
     path = Path(path)
-    if path.suffix.lower() != ".json" or not path.is_file():
-        return None
+    if path.suffix.lower() != ".json" or not path.is_file() or _is_utf16(path):
+        return None  # a UTF-16 export is read whole, through its UTF-8 copy
     size = path.stat().st_size
     start = _json_start(path)
     if start is None or size - start < min_bytes:
