@@ -82,7 +82,10 @@ def test_a_file_load_shows_a_bar_with_percentage_then_clears(
     )
     # The result appears with a check mark the moment the view ends ...
     assert "✓ timesheets: success — 20,000 fetched" in text
-    # ... and the live lines are erased when the load ends: after the last erase, no bar.
+    # ... and its bar is gone from then on (no frame redraws it).
+    after = text[text.index("✓ timesheets: success") :]
+    assert "━" not in after, after
+    # The live lines are erased when the load ends: after the last erase, no bar.
     last_erase = screen.rfind("\x1b[2K")
     assert last_erase != -1 and "━" not in screen[last_erase:]
 

@@ -265,7 +265,12 @@ def test_otc_db_commands(empty_db_url: str) -> None:
     result = runner.invoke(app, ["db", "current", "--database-url", empty_db_url])
     assert result.exit_code == 0
     assert result.stdout.strip().endswith(f"revision {migrate.head_revision()} (head)")
-    result = runner.invoke(app, ["db", "downgrade", "base", "--database-url", empty_db_url])
+    # Dropping tables asks first; without a terminal only --yes goes ahead.
+    refused = runner.invoke(app, ["db", "downgrade", "base", "--database-url", empty_db_url])
+    assert refused.exit_code == 2 and "add --yes" in refused.stderr
+    result = runner.invoke(
+        app, ["db", "downgrade", "base", "--database-url", empty_db_url, "--yes"]
+    )
     assert result.exit_code == 0
     assert "no otc tables left" in result.stdout
 
