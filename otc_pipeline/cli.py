@@ -18,6 +18,7 @@ import typer
 
 from . import heartbeat
 from .errors import OtcError
+from .stopping import Stopped
 
 app = typer.Typer(
     name="otc",
@@ -69,8 +70,10 @@ def handle_errors(func: F) -> F:
             if _state["debug"]:
                 traceback.print_exc()
             fail(str(exc), exc.exit_code)
+        except Stopped as exc:
+            fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            fail("interrupted", 130)
+            fail("interrupted by the user", 130)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for a 3 a.m. run
             if _state["debug"]:
                 traceback.print_exc()
@@ -287,6 +290,7 @@ def load(
     bar, update = _progress_printer() if show_progress else (None, None)
     if bar is not None:
         bar.start()
+    stopped: Stopped | None = None
     try:
         summaries = commands.load(
             database_url,
@@ -300,6 +304,9 @@ def load(
             delimiter=delimiter,
             encoding=encoding,
         )
+    except Stopped as exc:
+        # What ran before the signal is still reported: committed views stay committed.
+        stopped, summaries = exc, exc.summaries
     finally:
         if bar is not None:
             bar.stop()
@@ -320,6 +327,12 @@ def load(
         if not as_json and not logs.is_json():  # else view_warning events say them
             for warning in summary.warnings:
                 typer.echo(f"warning: {summary.view}: {warning}", err=True)
+    if stopped is not None:
+        if stopped.not_loaded:
+            typer.echo(f"Error: {stopped}; not loaded: {', '.join(stopped.not_loaded)}", err=True)
+        elif not summaries:  # stopped before its run was opened
+            typer.echo(f"Error: {stopped}", err=True)
+        raise typer.Exit(stopped.exit_code)
     from .pipeline import worst_exit_code
 
     raise typer.Exit(worst_exit_code(summaries))

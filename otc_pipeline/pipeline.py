@@ -7,13 +7,18 @@ view. Nothing here prints: callers get a :class:`RunSummary` per view.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import multiprocessing
+import os
+import resource
 import signal
+import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, tzinfo
 from multiprocessing.connection import Connection as Connection_
@@ -21,10 +26,11 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine
+import setproctitle
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from . import migrate, runs, users
+from . import migrate, runs, stopping, users
 from .db import connection
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import (
@@ -36,6 +42,7 @@ from .load import (
     database_failure,
     seen_before,
 )
+from .models import EtlRun
 from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone, match_fields
 from .settings import date_order_setting, timezone_name
 from .sources.files import (
@@ -210,7 +217,7 @@ def parsed_chunks(
     first_position: int = 1,
     encoder: ChunkEncoder | None = None,
     options: ReadOptions | None = None,
-) -> Iterator[ParsedChunk]:
+) -> Generator[ParsedChunk, None, None]:
     """Read and parse a source chunk by chunk: the source and parse stages of a load.
 
     Records are numbered from ``first_position`` (a second half's from SECOND_HALF + 1).
@@ -266,8 +273,59 @@ class SplitRefuted(Exception):
     """The first half of a split JSON export did not parse to its end: read the file whole."""
 
 
+# prctl(2) option: the signal the kernel sends this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _become_reader(sender: Connection_, parent_pid: int, title: str) -> None:
+    """First steps of a reading process: hold nothing of the parent's, end with it.
+
+    Readers are forked: measured here, a forked reader starts in 0.06 s, one from
+    a forkserver in 0.06 s after 3.2 s for the server's own start, a spawned one
+    in 4-5 s (each imports SQLAlchemy again). So a reader lets go here of every
+    descriptor it inherited: the parent's database sockets (after a kill -9 of
+    the parent the server must see its sessions end, and their locks with them),
+    the SQLite lock file, and the reading ends of the parent's pipes — its own
+    included, so that a send after the parent's death fails (EPIPE) instead of
+    blocking for ever. Each is pointed at /dev/null rather than closed: an
+    inherited object that closes its descriptor later then closes nothing a
+    reader opened since. On Linux the kernel also kills the reader the moment
+    its parent dies, whatever the reader is doing.
+    """
+    for signum in stopping.STOP_SIGNALS:
+        # Ctrl-C and `timeout` signal the whole process group: the parent decides.
+        signal.signal(signum, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before the line above took effect
+    # What the parent's objects own is never finalized here: frozen, no collection
+    # reaches them, nor any cycle that was already garbage when the reader forked.
+    gc.freeze()
+    keep = {2, sender.fileno()}  # stderr, and the pipe to the parent
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        keep.add(parent.sentinel)  # multiprocessing's own: readable once the parent is gone
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in _open_descriptors():
+        if fd not in keep and fd != null:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    os.close(null)
+    # `ps` shows what the process is, never the parent's arguments (a --database-url).
+    setproctitle.setproctitle(title)
+
+
+def _open_descriptors() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every number up to the process's limit
+        return list(range(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+
+
 def _produce(
     sender: Connection_,
+    parent_pid: int,
     view_name: str,
     source: Path | str | JsonPart,
     source_text: str,
@@ -283,8 +341,7 @@ def _produce(
     the first half its count of records and the key hashes it met, the second
     its rows' key hashes.
     """
-    # Ctrl-C reaches the whole process group; the parent decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _become_reader(sender, parent_pid, f"otc-read-{view_name}" + (f"-{half}" if half else ""))
     collect_rarely()
     try:
         encoder = ChunkEncoder(VIEWS[view_name], for_copy, keep_key_hashes=half == "second")
@@ -302,6 +359,7 @@ def _produce(
         ):
             records += chunk.records
             sender.send(("chunk", chunk))
+            stopping.pause_point("reading", view_name)
         end: dict[str, Any] | None = None
         if half == "first":
             end = {"records": records, "seen": encoder.seen_keys()}
@@ -309,9 +367,13 @@ def _produce(
             assert encoder.key_hashes is not None
             end = {"key_hashes": encoder.key_hashes.tobytes()}
         sender.send(("done", end))
+    except OSError:
+        os._exit(0)  # the parent is gone (EPIPE): nobody is left to tell
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
         try:
             sender.send(("error", exc))
+        except OSError:
+            os._exit(0)
         except Exception:  # noqa: BLE001 - an exception that does not pickle
             sender.send(("error", SourceError(f"{source_text}: {type(exc).__name__}: {exc}")))
     finally:
@@ -326,7 +388,7 @@ def _chunks_from_readers(
     timezone: tzinfo,
     for_copy: bool,
     options: ReadOptions,
-) -> Iterator[ParsedChunk]:
+) -> Generator[ParsedChunk, None, None]:
     """Parsed chunks from child processes, so reading and parsing run beside the database.
 
     ``sources`` is the whole source (half None), or the first and second halves of
@@ -355,6 +417,7 @@ def _chunks_from_readers(
                 target=_produce,
                 args=(
                     sender,
+                    os.getpid(),
                     view.name,
                     source,
                     source_text,
@@ -413,7 +476,7 @@ def _chunks_from_readers(
         for receiver, producer in started:
             receiver.close()
             if producer.is_alive():
-                producer.terminate()
+                producer.kill()  # readers ignore SIGTERM (see _become_reader); hold nothing
             producer.join(10)
 
 
@@ -426,7 +489,7 @@ def _chunks(
     for_copy: bool,
     halves: tuple[JsonPart, JsonPart] | None,
     options: ReadOptions,
-) -> Iterator[ParsedChunk]:
+) -> Generator[ParsedChunk, None, None]:
     """The parsed chunks of a source: files and the API from reading processes.
 
     Given ``halves``, a JSON export is read in two halves side by side: a reload
@@ -461,6 +524,9 @@ def load_view(
 
     Given a Connection inside a transaction (the ``otc_load`` test fixture does
     this), everything runs in SAVEPOINTs on it and nothing is committed.
+    Ctrl-C, SIGTERM or SIGHUP before the commit rolls the view back, closes its
+    run ``failed`` and raises :class:`~otc_pipeline.stopping.Stopped`; one that
+    arrives once the commit has begun waits until the summary is returned.
     """
     if view_name not in VIEWS:
         raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEW_ORDER)} or all")
@@ -475,29 +541,43 @@ def load_view(
     )
     if options.date_order is None:
         options = replace(options, date_order=date_order_setting())
-    if dry_run:
-        if migrate.state(engine) != "head":
-            raise SchemaNotReady(
-                "--dry-run needs a database at head; run `otc db upgrade` (or adopt) first"
+    with stopping.Guard() as guard:
+        if dry_run:
+            if migrate.state(engine) != "head":
+                raise SchemaNotReady(
+                    "--dry-run needs a database at head; run `otc db upgrade` (or adopt) first"
+                )
+            return _run(
+                engine,
+                view,
+                source,
+                source_text,
+                None,
+                chunk_size,
+                True,
+                progress,
+                timezone,
+                options,
+                guard,
             )
-        return _run(
-            engine, view, source, source_text, None, chunk_size, True, progress, timezone, options
-        )
-    ensure_schema(engine)
-    with runs.view_lock(engine, view.name):
-        run_id = runs.open_run(engine, view.name, source_text)
-        return _run(
-            engine,
-            view,
-            source,
-            source_text,
-            run_id,
-            chunk_size,
-            False,
-            progress,
-            timezone,
-            options,
-        )
+        ensure_schema(engine)
+        with runs.view_lock(engine, view.name):
+            # A signal during these few statements waits: the run it opens is then closed.
+            with stopping.held():
+                run_id = runs.open_run(engine, view.name, source_text)
+            return _run(
+                engine,
+                view,
+                source,
+                source_text,
+                run_id,
+                chunk_size,
+                False,
+                progress,
+                timezone,
+                options,
+                guard,
+            )
 
 
 def _run(
@@ -511,6 +591,7 @@ def _run(
     progress: Progress | None,
     timezone: Any,
     options: ReadOptions,
+    guard: stopping.Guard,
 ) -> RunSummary:
     started = time.monotonic()
     summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
@@ -518,10 +599,35 @@ def _run(
     unknown_fields: frozenset[str] = frozenset()
     renamed_fields: frozenset[tuple[str, str]] = frozenset()
     reasons: Counter[tuple[str | None, str]] = Counter()
+    commit_begun = False
+
+    def fill_summary(loader: ViewLoader) -> None:
+        """The summary of a load about to commit (or a dry run about to roll back)."""
+        _copy_counts(summary, loader)
+        summary.latest_source_time = loader.latest_source_time
+        if unknown_fields:
+            names = ", ".join(repr(name) for name in sorted(unknown_fields))
+            summary.warnings.insert(0, f"unknown fields ignored: {names}")
+        if renamed_fields:
+            names = ", ".join(f"{name!r} as {field!r}" for name, field in sorted(renamed_fields))
+            summary.warnings.insert(0, f"fields read under their OTC names: {names}")
+        refused = summary.rejected - sum(reasons.values())
+        if refused > 0:
+            reasons[(None, "refused by the database")] += refused
+        summary.reject_reasons = [
+            {"field": name, "reason": reason, "count": count}
+            for (name, reason), count in reasons.most_common(TOP_REASONS)
+        ]
+        summary.status = "dry-run" if dry_run else ("partial" if summary.rejected else "success")
+        if summary.fetched and summary.rejected == summary.fetched:
+            # Nothing of the view was written; the rejects stay for `otc rejects`.
+            summary.status = "failed"
+            summary.error = _nothing_loaded(summary)
+        summary.duration_s = round(time.monotonic() - started, 3)
 
     def load_once(conn: Connection, may_split: bool) -> None:
         """One attempt in one transaction (a savepoint inside a caller's)."""
-        nonlocal loader, unknown_fields, renamed_fields
+        nonlocal loader, unknown_fields, renamed_fields, commit_begun
         unknown_fields, renamed_fields = frozenset(), frozenset()
         reasons.clear()
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
@@ -543,28 +649,43 @@ def _run(
                 halves=halves,
                 options=options,
             )
-            for chunk in chunks:
-                loader.stage(chunk)
-                unknown_fields |= chunk.unknown_fields
-                renamed_fields |= chunk.renamed_fields
-                reasons.update((r.field, r.reason) for r in chunk.rejects)
-                _refuse_other_date_order(chunk.rejects, source_text)
-                if progress is not None:
-                    progress(view.name, loader.counts.fetched)
+            # Closed here, not when garbage: a stopped load ends its readers before it
+            # records the run (the traceback would keep the generator alive).
+            with contextlib.closing(chunks):
+                for chunk in chunks:
+                    loader.stage(chunk)
+                    unknown_fields |= chunk.unknown_fields
+                    renamed_fields |= chunk.renamed_fields
+                    reasons.update((r.field, r.reason) for r in chunk.rejects)
+                    _refuse_other_date_order(chunk.rejects, source_text)
+                    if progress is not None:
+                        progress(view.name, loader.counts.fetched)
+                    stopping.pause_point("staged", view.name)
+            stopping.pause_point("merge", view.name)
             loader.finish()
             after_load(conn, view, summary, loader.counts)
             if dry_run:
                 transaction.rollback()
-            else:
-                transaction.commit()
+                fill_summary(loader)
+                return
+            fill_summary(loader)
+            # The run's final record belongs to the view's transaction: it commits
+            # with the rows or not at all, whenever the process dies.
+            _close_run(conn, summary)
+            stopping.pause_point("before-commit", view.name)
+            guard.hold()  # from here a signal waits: the commit and its report finish
+            stopping.pause_point("commit", view.name)
+            commit_begun = True
+            transaction.commit()
+            stopping.pause_point("after-commit", view.name)
         except BaseException:
-            try:
-                transaction.rollback()
-            except Exception:  # noqa: BLE001 - a lost connection: the first error is the one to report
-                pass
+            if not commit_begun:
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    transaction.rollback()
             raise
 
     try:
+        stopping.check()  # a signal while the run was being opened
         with connection(engine) as conn:
             try:
                 load_once(conn, may_split=True)
@@ -573,42 +694,58 @@ def _run(
                 # (or the file is broken there): nothing was kept; read it whole.
                 load_once(conn, may_split=False)
     except (Exception, KeyboardInterrupt) as exc:
+        signum = stopping.received() or _interrupting_signal(exc)
+        if commit_begun and _run_committed(engine, summary):
+            # Whatever broke off (a signal, a lost connection), the commit happened:
+            # the run row, written in the same transaction, says so.
+            return summary
         summary.status = "failed"
-        summary.error = _error_text(exc, source_text)
-        summary.retry_later = isinstance(exc, TemporaryRefusal)
+        summary.error = stopping.reason(signum) if signum else _error_text(exc, source_text)
+        summary.retry_later = isinstance(exc, TemporaryRefusal) and not signum
+        summary.warnings.clear()
+        summary.latest_source_time = None
         if loader is not None:
             _copy_counts(summary, loader)
         # Counts of a failed run describe what was read, not what was written.
         summary.inserted = summary.updated = summary.unchanged = 0
         summary.duration_s = round(time.monotonic() - started, 3)
-        _close_failed_run(engine, summary)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        with stopping.held():
+            _close_failed_run(engine, summary)
+        if signum:
+            raise stopping.Stopped(signum, [summary]) from exc
         return summary
-    assert loader is not None
-    _copy_counts(summary, loader)
-    summary.latest_source_time = loader.latest_source_time
-    if unknown_fields:
-        names = ", ".join(repr(name) for name in sorted(unknown_fields))
-        summary.warnings.insert(0, f"unknown fields ignored: {names}")
-    if renamed_fields:
-        names = ", ".join(f"{name!r} as {field!r}" for name, field in sorted(renamed_fields))
-        summary.warnings.insert(0, f"fields read under their OTC names: {names}")
-    refused = summary.rejected - sum(reasons.values())
-    if refused > 0:
-        reasons[(None, "refused by the database")] += refused
-    summary.reject_reasons = [
-        {"field": name, "reason": reason, "count": count}
-        for (name, reason), count in reasons.most_common(TOP_REASONS)
-    ]
-    summary.status = "dry-run" if dry_run else ("partial" if summary.rejected else "success")
-    if summary.fetched and summary.rejected == summary.fetched:
-        # Nothing of the view was written; the rejects stay for `otc rejects`.
-        summary.status = "failed"
-        summary.error = _nothing_loaded(summary)
-    summary.duration_s = round(time.monotonic() - started, 3)
-    _close_run(engine, summary)
     return summary
+
+
+def _interrupting_signal(exc: BaseException) -> int | None:
+    """SIGINT if a KeyboardInterrupt is this error or what caused it, else None.
+
+    A Ctrl-C inside a database call leaves the connection unusable, so the next
+    statement (a RESET, a rollback) fails with an error of its own: the
+    interrupt, not that error, is what happened.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, stopping.Stopped):
+            return seen.signum
+        if isinstance(seen, KeyboardInterrupt):
+            return signal.SIGINT
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _run_committed(engine: Engine | Connection, summary: RunSummary) -> bool:
+    """Whether the load's commit happened: its run row, closed inside it, is no longer running."""
+    if summary.run_id is None:
+        return False
+    try:
+        with stopping.held(), connection(engine) as conn:
+            status = conn.execute(
+                select(EtlRun.load_status).where(EtlRun.id == summary.run_id)
+            ).scalar()
+    except Exception:  # noqa: BLE001 - unknown means not shown as committed
+        return False
+    return status is not None and status != "running"
 
 
 def _refuse_other_date_order(rejects: list[Reject], source_text: str) -> None:
@@ -688,6 +825,7 @@ def _close_failed_run(engine: Engine | Connection, summary: RunSummary) -> None:
 def after_load(conn: Connection, view: View, summary: RunSummary, counts: LoadCounts) -> None:
     """Work that belongs to a view's load transaction once its rows are merged."""
     if view.name == "timesheets" and (counts.inserted or counts.updated):
+        stopping.pause_point("users-refresh", view.name)
         # Timesheet rows carry both names: the one reliable source for user_lookup.
         # A load that wrote no timesheet row has nothing new to tell it (and the
         # refresh reads the whole table); `otc users refresh` runs it on demand.
@@ -765,40 +903,57 @@ def load_all(
     between_views: Callable[[], None] | None = None,
     options: ReadOptions | None = None,
 ) -> list[RunSummary]:
-    """Load every view from a folder of exports or the API; a failed view does not stop the rest."""
+    """Load every view from a folder of exports or the API; a failed view does not stop the rest.
+
+    A stop signal does: the view it interrupts rolls back, no later view starts,
+    and :class:`~otc_pipeline.stopping.Stopped` carries the summaries so far.
+    """
     if isinstance(source, str) and source == "api":
         plan: list[tuple[str, Source]] = [(name, "api") for name in VIEW_ORDER]
     else:
         found = find_view_files(Path(source))
         plan = list(found.items())
-    summaries = []
+    summaries: list[RunSummary] = []
     if not (isinstance(source, str) and source == "api"):
         summaries = [missing_view(n, Path(source)) for n in VIEW_ORDER if n not in found]
-    for index, (name, view_source) in enumerate(plan):
-        if index and between_views is not None:
-            between_views()
-        try:
-            summaries.append(
-                load_view(
-                    engine,
-                    name,
-                    view_source,
-                    chunk_size=chunk_size,
-                    dry_run=dry_run,
-                    progress=progress,
-                    options=options,
+    with stopping.Guard():
+        for index, (name, view_source) in enumerate(plan):
+            not_loaded = [later for later, _ in plan[index:]]
+            signum = stopping.received()
+            if signum:
+                # A signal during the last view's commit: that view is done, no other starts.
+                raise stopping.Stopped(signum, summaries, not_loaded)
+            try:
+                if index and between_views is not None:
+                    between_views()
+            except stopping.Stopped as stop:
+                raise stopping.Stopped(stop.signum, summaries, not_loaded) from None
+            try:
+                summaries.append(
+                    load_view(
+                        engine,
+                        name,
+                        view_source,
+                        chunk_size=chunk_size,
+                        dry_run=dry_run,
+                        progress=progress,
+                        options=options,
+                    )
                 )
-            )
-        except OtcError as exc:
-            summaries.append(
-                RunSummary(
-                    view=name,
-                    run_id=None,
-                    status="failed",
-                    source=describe_source(view_source),
-                    error=str(exc),
-                    retry_later=isinstance(exc, TemporaryRefusal),
+            except stopping.Stopped as stop:
+                raise stopping.Stopped(
+                    stop.signum, summaries + stop.summaries, not_loaded[1:]
+                ) from None
+            except OtcError as exc:
+                summaries.append(
+                    RunSummary(
+                        view=name,
+                        run_id=None,
+                        status="failed",
+                        source=describe_source(view_source),
+                        error=str(exc),
+                        retry_later=isinstance(exc, TemporaryRefusal),
+                    )
                 )
-            )
     summaries.sort(key=lambda summary: VIEW_ORDER.index(summary.view))
     return summaries
