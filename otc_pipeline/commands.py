@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 
 from . import freshness, migrate, pipeline, retention, runs
 from .db import connect_engine, make_engine, schema_lock, schema_name
-from .errors import ConfigError, NotFound, OtcError, SchemaNotReady
+from .errors import (
+    ConfigError,
+    DatabaseNotFound,
+    ExportNotFound,
+    NotFound,
+    OtcError,
+    SchemaNotReady,
+)
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
 from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
 from .sources.files import ReadOptions
@@ -59,7 +66,7 @@ def _database(
     if read_only:
         missing = missing_sqlite_file(setting)
         if missing is not None:
-            raise NotFound(
+            raise DatabaseNotFound(
                 f"there is no database at {missing} (nothing was created); check --database-url "
                 "or OTC_DATABASE_URL, or load something first (`otc load all --from DIR`)"
             )
@@ -246,7 +253,7 @@ def load(
     if source != "api":
         path = Path(source)
         if not path.exists():
-            raise NotFound(
+            raise ExportNotFound(
                 f"{path} does not exist; give a file (.json, .csv, .xlsx) or a folder to --from"
             )
         if view != "all" and path.is_dir():

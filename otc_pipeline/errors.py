@@ -65,3 +65,11 @@ class ApiUnavailable(ApiError, TemporaryRefusal):
 
 class DatabaseFailed(OtcError):
     """The database failed the load itself (disk, memory, a lock, a timeout, the connection)."""
+
+
+class ExportNotFound(NotFound, SourceError):
+    """The export file or folder named by --from does not exist (a usage error: exit 2)."""
+
+
+class DatabaseNotFound(NotFound, SchemaNotReady):
+    """A read-only command named an SQLite file that does not exist (exit 2)."""
