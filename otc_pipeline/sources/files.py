@@ -280,7 +280,7 @@ def _read_utf16_json(path: Path) -> Iterator[SourceRecord]:
                 shutil.copyfileobj(text, utf8, 1 << 20)
         except UnicodeError as exc:
             raise SourceError(
-                f"{path}: starts like UTF-16 text but is not valid UTF-16 ({exc.reason}); "
+                f"{path}: starts like UTF-16 text but is not valid UTF-16 ({exc}); "
                 "re-export the view as JSON"
             ) from None
         try:
