@@ -73,3 +73,14 @@ class ExportNotFound(NotFound, SourceError):
 
 class DatabaseNotFound(NotFound, SchemaNotReady):
     """A read-only command named an SQLite file that does not exist (exit 2)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a driver error's own, if it wraps one).
+
+    Database and HTTP errors carry several lines (SQL, hints, context); a
+    message for the user, a reject's reason or a log line takes the first.
+    """
+    orig = getattr(error, "orig", None)
+    lines = str(orig if orig is not None else error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -406,56 +406,51 @@ def coerce_time_of_day(value: Any) -> str | None:
     raise CoercionError(f"is a {type(value).__name__}, not a time of day")
 
 
-def time_of_day_as_text(value: Any) -> str:
-    canonical = coerce_time_of_day(value)
-    return COPY_NULL if canonical is None else canonical  # HH:MM needs no COPY escaping
+@dataclass(frozen=True)
+class TextFormat:
+    """How a bulk load takes values as text; the Parser is handed one (see copy_text.py).
+
+    Numbers, flags, dates and times of day come out as Python prints them; a
+    format decides how NULL is written and how text is escaped.
+    """
+
+    null: str
+    as_text: Callable[[Any], str]  # any parsed value (None too) as one field
+    escaped: str  # printable characters that text must have escaped (control ones always are)
 
 
-COPY_NULL = "\\N"  # NULL in PostgreSQL's COPY text format (a text \N is escaped, never this)
+class _TextCoercers:
+    """The coercers of one TextFormat: the same rules, with a fast path for the values JSON
+    exports mostly carry (measured: dates, ids and hours that miss the cache are ~2/3 of
+    parsing)."""
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+    def __init__(self, text_format: TextFormat) -> None:
+        self.null = text_format.null
+        self.as_text = text_format.as_text
 
+    def text(self, value: Any) -> str:
+        return self.as_text(coerce_text(value))
 
-def as_copy_text(value: Any) -> str:
-    """A parsed value as one field of PostgreSQL's COPY text format (None is NULL)."""
-    if value is None:
-        return COPY_NULL
-    if value.__class__ is str:
-        # Backslash, tab, newline and carriage return are the format's own characters.
-        return str.translate(value, _COPY_ESCAPES)
-    if value.__class__ is bool:
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    return str(value)  # int, Decimal
+    def time_of_day(self, value: Any) -> str:
+        canonical = coerce_time_of_day(value)
+        return self.null if canonical is None else canonical  # HH:MM needs no escaping
 
+    def integer(self, value: Any) -> str:
+        if value.__class__ is int and INT32_MIN <= value <= INT32_MAX:
+            return str(value)
+        return self.as_text(coerce_integer(value))
 
-def text_as_copy_text(value: Any) -> str:
-    return as_copy_text(coerce_text(value))
+    def numeric(self, value: Any) -> str:
+        if (
+            value.__class__ is Decimal
+            and value.is_finite()
+            and -MAX_NUMBER_EXPONENT <= value.adjusted() <= MAX_NUMBER_EXPONENT
+        ):
+            return str(value)
+        return self.as_text(coerce_numeric(value))
 
-
-# Text-mode coercers: the same rules, with a fast path for the values JSON exports
-# mostly carry (measured: dates, ids and hours that miss the cache are ~2/3 of parsing).
-
-
-def integer_as_text(value: Any) -> str:
-    if value.__class__ is int and INT32_MIN <= value <= INT32_MAX:
-        return str(value)
-    return as_copy_text(coerce_integer(value))
-
-
-def numeric_as_text(value: Any) -> str:
-    if (
-        value.__class__ is Decimal
-        and value.is_finite()
-        and -MAX_NUMBER_EXPONENT <= value.adjusted() <= MAX_NUMBER_EXPONENT
-    ):
-        return str(value)
-    return as_copy_text(coerce_numeric(value))
-
-
-def boolean_as_text(value: Any) -> str:
-    return as_copy_text(coerce_boolean(value))
+    def boolean(self, value: Any) -> str:
+        return self.as_text(coerce_boolean(value))
 
 
 def _prints_as_itself(text: str) -> bool:
@@ -469,6 +464,12 @@ def _prints_as_itself(text: str) -> bool:
 
 
 class DateTimeAsText(DateTimeCoercer):
+    """Timestamps as text, NULL written as ``null``."""
+
+    def __init__(self, timezone: tzinfo, date_order: str = "dmy", null: str = "") -> None:
+        super().__init__(timezone, date_order)
+        self.null = null
+
     def __call__(self, value: Any) -> str:  # type: ignore[override]
         if value.__class__ is str:
             try:
@@ -482,7 +483,7 @@ class DateTimeAsText(DateTimeCoercer):
                 moment = self._naive(moment)
         else:
             moment = super().__call__(value)
-        return COPY_NULL if moment is None else moment.isoformat(sep=" ")
+        return self.null if moment is None else moment.isoformat(sep=" ")
 
 
 def load_timezone(name: str) -> tzinfo:
@@ -537,14 +538,14 @@ PLANS_KEPT = 4096
 class Parser:
     """Parses raw records of one view; remembers unknown fields for the run's warnings.
 
-    With ``as_text`` every value comes out as one field of PostgreSQL's COPY
-    text format (NULL as ``\\N``, text escaped), and the caches keep that text:
-    a cached date is then formatted once per distinct string, not once per row.
+    Given a ``text_format`` (COPY's, for PostgreSQL) every value comes out as one
+    field of it, and the caches keep that text: a cached date is then formatted
+    once per distinct string, not once per row.
     """
 
     view: View
     timezone: tzinfo
-    as_text: bool = False
+    text_format: TextFormat | None = None
     date_order: str = "dmy"  # how slashed dates read: "dmy" (the contract) or "mdy"
     unknown_fields: set[str] = field(default_factory=set)
     # source field -> the view's field it was taken for (spelled otherwise: 'TS-Hours ')
@@ -557,26 +558,36 @@ class Parser:
     _unmatched: set[str] = field(default_factory=set)  # unknown names that match no field
     _coercers: dict[str, Coercer] = field(default_factory=dict)
     _caches: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    _null: str | None = None  # NULL as the parser hands it out
+    _text: Coercer = coerce_text
 
     def __post_init__(self) -> None:
-        as_text = self.as_text
-        dates = (DateTimeAsText if as_text else DateTimeCoercer)(self.timezone, self.date_order)
+        text = None if self.text_format is None else _TextCoercers(self.text_format)
+        self._null = None if self.text_format is None else self.text_format.null
+        as_text: Coercer = coerce_text if text is None else text.text
+        dates: Coercer = (
+            DateTimeCoercer(self.timezone, self.date_order)
+            if text is None
+            else DateTimeAsText(self.timezone, self.date_order, text.null)
+        )
         for column in self.view.table.columns:
             coerce: Coercer
             if column.key in self.view.times_of_day:
-                coerce = time_of_day_as_text if as_text else coerce_time_of_day
+                coerce = coerce_time_of_day if text is None else text.time_of_day
             elif isinstance(column.type, DateTime):
                 coerce = dates
             elif isinstance(column.type, Boolean):
-                coerce = boolean_as_text if as_text else coerce_boolean
+                coerce = coerce_boolean if text is None else text.boolean
             elif isinstance(column.type, Integer):
-                coerce = integer_as_text if as_text else coerce_integer
+                coerce = coerce_integer if text is None else text.integer
             elif isinstance(column.type, Numeric):
-                coerce = numeric_as_text if as_text else coerce_numeric
+                coerce = coerce_numeric if text is None else text.numeric
             else:
-                coerce = text_as_copy_text if as_text else coerce_text
+                coerce = as_text
             self._coercers[column.key] = coerce
-            self._caches[column.key] = None if coerce in (coerce_text, text_as_copy_text) else {}
+            # Text is taken as it is: nothing to remember.
+            self._caches[column.key] = None if coerce is as_text else {}
+        self._text = as_text
 
     def plan_for(self, fields: tuple[str, ...]) -> Plan:
         """The plan for records with these fields (in this order); one per set of fields."""
@@ -680,7 +691,9 @@ class Parser:
             required_slots=required_slots,
             convert=None
             if missing
-            else _compile(steps, required_slots, self.as_text, len(fields), unknown),
+            else _compile(
+                steps, required_slots, self.text_format, self._text, len(fields), unknown
+            ),
             key_of=None if missing else itemgetter(*key_slots),
         )
 
@@ -723,7 +736,7 @@ class Parser:
         self, position: int, record: Any, plan: Plan
     ) -> tuple[Plan, tuple[Any, ...]] | Reject:
         """Field by field, as the compiled plan does, to name the field a record is rejected for."""
-        null = COPY_NULL if self.as_text else None
+        null = self._null
         values: list[Any] = []
         for source_field, coerce, cache in plan.steps:
             raw = record[source_field]
@@ -828,7 +841,8 @@ def _remembering_timestamp_text(coerce: DateTimeAsText, cache: dict[str, Any]) -
 def _compile(
     steps: tuple[tuple[str, Coercer, dict[str, Any] | None], ...],
     required_slots: tuple[int, ...],
-    as_text: bool,
+    text_format: TextFormat | None,
+    text: Coercer,
     width: int,
     unknown: tuple[str, ...],
 ) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
@@ -837,7 +851,7 @@ def _compile(
     Parsing is the loader's hot loop and a loop over the fields costs more than
     the work it does: like dataclasses' generated __init__, the plan's steps are
     written out as straight-line code once per set of fields. Text is taken as
-    given (for COPY, when it holds nothing to escape); other strings are looked up
+    given (as text, when it holds nothing to escape); other strings are looked up
     in their column's cache first (exports repeat dates, hours and flags
     endlessly). A record with other fields than the plan's raises OtherFields
     or KeyError (so one plan can be tried on the next record without looking its
@@ -846,20 +860,24 @@ def _compile(
     names as repr'd literals, never text read from a source.
     """
     namespace: dict[str, Any] = {
-        "text": text_as_copy_text if as_text else coerce_text,
-        "NULL": COPY_NULL if as_text else None,
+        "text": text,
+        "NULL": None if text_format is None else text_format.null,
         "MISSING": _MISSING,
         "BlankKey": BlankKey,
         "OtherFields": OtherFields,
     }
-    # A non-empty string is taken as it is unless it holds NUL (refused) or, for COPY,
-    # a control character or a backslash (escaped): isprintable() finds NUL and the
-    # control characters in one pass.
-    if as_text:
-        needs_work = "not {v}.isprintable() or BACKSLASH in {v}"
+    # A non-empty string is taken as it is unless it holds NUL (refused) or, as text,
+    # a control character or a character the format escapes: isprintable() finds NUL
+    # and the control characters in one pass.
+    if text_format is not None:
+        needs_work = " or ".join(
+            ["not {v}.isprintable()"]
+            + [f"ESCAPED{i} in {{v}}" for i in range(len(text_format.escaped))]
+        )
+        namespace.update({f"ESCAPED{i}": c for i, c in enumerate(text_format.escaped)})
     else:
         needs_work = "NUL in {v}"
-    namespace.update(BACKSLASH="\\", NUL="\x00")
+    namespace.update(NUL="\x00")
     lines = ["def convert(record):", f"    if len(record) != {width}:", "        raise OtherFields"]
     if unknown:
         # The source's own names stay data (never code): checked from the namespace.

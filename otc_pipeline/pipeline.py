@@ -8,65 +8,47 @@ view. Nothing here prints: callers get a :class:`RunSummary` per view.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import multiprocessing
-import os
-import resource
 import signal
-import sys
 import time
-from array import array
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, tzinfo
-from multiprocessing.connection import Connection as Connection_
-from multiprocessing.connection import wait
+from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import setproctitle
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import migrate, runs, stopping, users
+from .chunks import SplitEnd
 from .db import WRITER, connection, schema_lock
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
-from .load import (
-    SECOND_HALF,
-    ChunkEncoder,
-    LoadCounts,
-    ParsedChunk,
-    ViewLoader,
-    database_failure,
-    seen_before,
-)
+from .load import Load, LoadCounts, start_load
 from .models import EtlRun
-from .parse import OTHER_DATE_ORDER, Parser, Reject, load_timezone, match_fields
-from .readmeter import ReadMeter
-from .settings import date_order_setting, timezone_name
-from .sources.files import (
-    JsonPart,
-    ReadOptions,
-    csv_dialect,
-    describe_dialect,
-    read_file,
-    read_header,
-    read_json_part,
-    split_json,
+from .parse import OTHER_DATE_ORDER, Reject, load_timezone
+from .reading import (
+    ReadPlan,
+    Source,
+    SplitRefuted,
+    describe_source,
+    find_view_files,
+    in_halves,
+    is_api,
+    plan_read,
+    read_chunks,
+    whole,
 )
+from .readmeter import ReadMeter
+from .refusals import database_failure
+from .settings import date_order_setting, timezone_name
+from .sources.files import ReadOptions
 from .views import VIEW_ORDER, VIEWS, View
 
 # Measured on 100k timesheets (first load / reload): 5k 1.86 / 1.50 s, 10k 1.89 / 1.42 s,
 # 20k 1.94 / 1.54 s. First loads were within noise; 10k gave the fastest reload.
 DEFAULT_CHUNK_SIZE = 10000
-# A reload reads a JSON export at least this large in two halves side by side (see _chunks).
-SPLIT_MIN_BYTES = 8 * 1024 * 1024
-SUFFIXES = (".json", ".csv", ".xlsx")
 TOP_REASONS = 5  # reject reasons a load reports, most frequent first
-
-Source = Path | str | Iterable[Any]
 
 
 class LoadProgress:
@@ -178,370 +160,6 @@ def ensure_schema(engine: Engine | Connection) -> None:
         )
 
 
-def describe_source(source: Source) -> str:
-    if isinstance(source, Path):
-        return str(source)
-    if isinstance(source, str):
-        return source
-    return "records"
-
-
-def _records(
-    view: View, source: Source | JsonPart, first_position: int, options: ReadOptions
-) -> Iterator[tuple[int, Any]]:
-    if isinstance(source, JsonPart):
-        yield from read_json_part(source, first_position)
-    elif isinstance(source, str) and source == "api":
-        from .sources.api import ApiSettings, fetch_view
-
-        yield from fetch_view(view.name, ApiSettings.from_env())
-    elif isinstance(source, str | Path):
-        yield from read_file(Path(source), options)
-    else:
-        yield from enumerate(source, start=1)
-
-
-def _check_first_record(
-    view: View, parser: Parser, record: Any, source: str, hint: Callable[[], str] = str
-) -> None:
-    """Refuse a source whose records cannot be this view's: a missing key column or another view.
-
-    ``hint()`` says how the file was read (a CSV's delimiter and encoding), for the error.
-    """
-    if not isinstance(record, dict):
-        return
-    plan = parser.plan_for(tuple(record))
-    if plan.missing_required is None:
-        return
-    fields = set(record)
-    for other in VIEWS.values():
-        if other is not view and set(other.required) <= set(match_fields(other, fields)[0]):
-            raise SourceError(
-                f"{source} looks like a {other.name} export, not {view.name}; "
-                f"load it with `otc load {other.name}`"
-            )
-    raise SourceError(
-        f"{source} has no {plan.missing_required!r} field, which every {view.name} record needs; "
-        f"is it a {view.name} export?{hint()}"
-    )
-
-
-def _read_as(source: Source | JsonPart, options: ReadOptions) -> str:
-    """How a CSV source was read, for an error about its header ("" for other sources)."""
-    if not isinstance(source, str | Path) or Path(source).suffix.lower() != ".csv":
-        return ""
-    dialect = csv_dialect(Path(source), options)
-    shown = ", ".join(repr(name) for name in read_header(Path(source), options) or [])
-    if len(shown) > 120:
-        shown = shown[:120] + "…"
-    return (
-        f" Its header read as {describe_dialect(dialect)} holds {shown}: if the file uses "
-        "another delimiter or encoding, give --delimiter or --encoding"
-    )
-
-
-def parsed_chunks(
-    view: View,
-    source: Source | JsonPart,
-    source_text: str,
-    chunk_size: int,
-    timezone: tzinfo,
-    for_copy: bool,
-    *,
-    first_position: int = 1,
-    encoder: ChunkEncoder | None = None,
-    options: ReadOptions | None = None,
-) -> Generator[ParsedChunk, None, None]:
-    """Read and parse a source chunk by chunk: the source and parse stages of a load.
-
-    Records are numbered from ``first_position`` (a second half's from SECOND_HALF + 1).
-    """
-    # For COPY the parser hands out text: formatted once per distinct value, not per row.
-    options = options or ReadOptions()
-    parser = Parser(view, timezone, as_text=for_copy, date_order=options.date_order or "dmy")
-    if encoder is None:
-        encoder = ChunkEncoder(view, for_copy)
-    rejects: list[Reject] = []
-    records = 0
-    # Each record is parsed as it arrives and then let go: a chunk holds parsed rows only.
-    first = first_position == 1  # a second half's first record is no sample of the file
-    for position, record in _records(view, source, first_position, options):
-        if first:
-            _check_first_record(
-                view, parser, record, source_text, lambda: _read_as(source, options)
-            )
-            first = False
-        parsed = parser.parse(position, record)
-        if isinstance(parsed, Reject):
-            rejects.append(parsed)
-        else:
-            encoder.add(position, *parsed)
-        records += 1
-        if records == chunk_size:
-            yield _flush(encoder, parser, rejects, records)
-            rejects, records = [], 0
-    if records:
-        yield _flush(encoder, parser, rejects, records)
-
-
-def _flush(
-    encoder: ChunkEncoder, parser: Parser, rejects: list[Reject], records: int
-) -> ParsedChunk:
-    chunk = encoder.flush(rejects, records, frozenset(parser.unknown_fields))
-    chunk.renamed_fields = frozenset(parser.renamed_fields.items())
-    return chunk
-
-
-def collect_rarely() -> None:
-    """Set the garbage collector up for a process that only reads and parses.
-
-    Reading makes millions of short-lived containers and no cycles worth chasing:
-    what the process holds already is left out of collections, and collections
-    come rarely (measured: reading 100k timesheets takes ~13% less time).
-    """
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-
-
-class SplitRefuted(Exception):
-    """The first half of a split JSON export did not parse to its end: read the file whole."""
-
-
-# prctl(2) option: the signal the kernel sends this process when its parent dies.
-PR_SET_PDEATHSIG = 1
-
-
-def _become_reader(sender: Connection_, parent_pid: int, title: str) -> None:
-    """First steps of a reading process: hold nothing of the parent's, end with it.
-
-    Readers are forked: measured here, a forked reader starts in 0.06 s, one from
-    a forkserver in 0.06 s after 3.2 s for the server's own start, a spawned one
-    in 4-5 s (each imports SQLAlchemy again). So a reader lets go here of every
-    descriptor it inherited: the parent's database sockets (after a kill -9 of
-    the parent the server must see its sessions end, and their locks with them),
-    the SQLite lock file, and the reading ends of the parent's pipes — its own
-    included, so that a send after the parent's death fails (EPIPE) instead of
-    blocking for ever. Each is pointed at /dev/null rather than closed: an
-    inherited object that closes its descriptor later then closes nothing a
-    reader opened since. On Linux the kernel also kills the reader the moment
-    its parent dies, whatever the reader is doing.
-    """
-    for signum in stopping.STOP_SIGNALS:
-        # Ctrl-C and `timeout` signal the whole process group: the parent decides.
-        signal.signal(signum, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(0)  # the parent died before the line above took effect
-    # What the parent's objects own is never finalized here: frozen, no collection
-    # reaches them, nor any cycle that was already garbage when the reader forked.
-    gc.freeze()
-    keep = {2, sender.fileno()}  # stderr, and the pipe to the parent
-    parent = multiprocessing.parent_process()
-    if parent is not None and parent.sentinel is not None:
-        keep.add(parent.sentinel)  # multiprocessing's own: readable once the parent is gone
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in _open_descriptors():
-        if fd not in keep and fd != null:
-            with contextlib.suppress(OSError):
-                os.dup2(null, fd)
-    os.close(null)
-    # `ps` shows what the process is, never the parent's arguments (a --database-url).
-    setproctitle.setproctitle(title)
-
-
-def _open_descriptors() -> list[int]:
-    try:
-        return [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:  # no /proc: every number up to the process's limit
-        return list(range(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
-
-
-def _produce(
-    sender: Connection_,
-    parent_pid: int,
-    view_name: str,
-    source: Path | str | JsonPart,
-    source_text: str,
-    chunk_size: int,
-    timezone: tzinfo,
-    for_copy: bool,
-    half: str | None,
-    options: ReadOptions,
-) -> None:
-    """Child process: read and parse the source, send each chunk to the loading parent.
-
-    The reader of a half ends by sending what the other half needs to be placed:
-    the first half its count of records and the key hashes it met, the second
-    its rows' key hashes.
-    """
-    _become_reader(sender, parent_pid, f"otc-read-{view_name}" + (f"-{half}" if half else ""))
-    collect_rarely()
-    try:
-        encoder = ChunkEncoder(VIEWS[view_name], for_copy, keep_key_hashes=half == "second")
-        records = 0
-        for chunk in parsed_chunks(
-            VIEWS[view_name],
-            source,
-            source_text,
-            chunk_size,
-            timezone,
-            for_copy,
-            first_position=SECOND_HALF + 1 if half == "second" else 1,
-            encoder=encoder,
-            options=options,
-        ):
-            records += chunk.records
-            sender.send(("chunk", chunk))
-            stopping.pause_point("reading", view_name)
-        end: dict[str, Any] | None = None
-        if half == "first":
-            end = {"records": records, "seen": encoder.seen_keys()}
-        elif half == "second":
-            assert encoder.key_hashes is not None
-            end = {"key_hashes": encoder.key_hashes.tobytes()}
-        sender.send(("done", end))
-    except OSError:
-        os._exit(0)  # the parent is gone (EPIPE): nobody is left to tell
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-        try:
-            sender.send(("error", exc))
-        except OSError:
-            os._exit(0)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle
-            sender.send(("error", SourceError(f"{source_text}: {type(exc).__name__}: {exc}")))
-    finally:
-        sender.close()
-
-
-def _chunks_from_readers(
-    view: View,
-    sources: list[tuple[Path | str | JsonPart, str | None]],
-    source_text: str,
-    chunk_size: int,
-    timezone: tzinfo,
-    for_copy: bool,
-    options: ReadOptions,
-) -> Generator[ParsedChunk, None, None]:
-    """Parsed chunks from child processes, so reading and parsing run beside the database.
-
-    ``sources`` is the whole source (half None), or the first and second halves of
-    a JSON export. The parent spends its time staging and merging (COPY on
-    PostgreSQL, executemany on SQLite), the children in ijson, csv and the
-    coercions: on two cores the load takes about as long as the slower side
-    (measured on SQLite too: a 100k-row reload 2.8 s in one process, 2.1 s with
-    the reader). Each pipe holds one chunk, so memory stays flat whichever side
-    is slower. (Two readers that each parse every other chunk measured no faster:
-    each still streams the whole file. Halves split the file itself.)
-
-    Halves come in any order: the loader places them by position. Once both are
-    read, a last chunk without rows gives the first half's count of records (which
-    places the second half's positions) and the second half's keys that may
-    repeat the first half's. A failure of the first half means the split was
-    wrong, or the file is; either way :class:`SplitRefuted` says to read it whole.
-    A failure of the second half counts only once the first has proved the split.
-    """
-    context = multiprocessing.get_context("fork")
-    started: list[tuple[Connection_, Any]] = []
-    pending: dict[Connection_, tuple[str | None, Any]] = {}
-    try:
-        for source, half in sources:
-            receiver, sender = context.Pipe(duplex=False)
-            producer = context.Process(
-                target=_produce,
-                args=(
-                    sender,
-                    os.getpid(),
-                    view.name,
-                    source,
-                    source_text,
-                    chunk_size,
-                    timezone,
-                    for_copy,
-                    half,
-                    options,
-                ),
-                # readmeter.py finds the readers by this name.
-                name=f"otc-read-{view.name}" + (f"-{half}" if half else ""),
-                daemon=True,
-            )
-            producer.start()
-            sender.close()
-            started.append((receiver, producer))
-            pending[receiver] = (half, producer)
-        ends: dict[str | None, Any] = {}
-        second_failure: BaseException | None = None
-        while pending:
-            for ready in wait(list(pending)):
-                receiver = cast(Connection_, ready)
-                half, producer = pending[receiver]
-                try:
-                    kind, payload = receiver.recv()
-                except EOFError:
-                    producer.join(1)
-                    raise SourceError(
-                        f"{source_text}: the reading process stopped unexpectedly "
-                        f"(exit code {producer.exitcode}); run again"
-                    ) from None
-                if kind == "chunk":
-                    yield payload
-                    continue
-                del pending[receiver]
-                if kind == "done":
-                    ends[half] = payload
-                elif half == "first":
-                    raise SplitRefuted(str(payload))
-                elif half == "second":
-                    second_failure = payload
-                else:
-                    raise payload
-        if second_failure is not None:
-            raise second_failure
-        if "first" in ends:
-            key_hashes = array("q")
-            key_hashes.frombytes(ends["second"]["key_hashes"])
-            yield ParsedChunk(
-                groups=[],
-                rejects=[],
-                records=0,
-                first_half_records=ends["first"]["records"],
-                maybe_repeats=seen_before(ends["first"]["seen"], key_hashes),
-            )
-    finally:
-        for receiver, producer in started:
-            receiver.close()
-            if producer.is_alive():
-                producer.kill()  # readers ignore SIGTERM (see _become_reader); hold nothing
-            producer.join(10)
-
-
-def _chunks(
-    view: View,
-    source: Source,
-    source_text: str,
-    chunk_size: int,
-    timezone: tzinfo,
-    for_copy: bool,
-    halves: tuple[JsonPart, JsonPart] | None,
-    options: ReadOptions,
-) -> Generator[ParsedChunk, None, None]:
-    """The parsed chunks of a source: files and the API from reading processes.
-
-    Given ``halves``, a JSON export is read in two halves side by side: a reload
-    must read every record to compare it, and one reader is then the slower side
-    (measured on 100k timesheets: reading takes 0.85–0.9 s, the database's staging
-    and comparing about 0.55 s).
-    """
-    if not isinstance(source, str | Path):
-        return parsed_chunks(
-            view, source, source_text, chunk_size, timezone, for_copy, options=options
-        )
-    readers: list[tuple[Path | str | JsonPart, str | None]] = (
-        [(source, None)] if halves is None else [(halves[0], "first"), (halves[1], "second")]
-    )
-    return _chunks_from_readers(view, readers, source_text, chunk_size, timezone, for_copy, options)
-
-
 def load_view(
     engine: Engine | Connection,
     view_name: str,
@@ -567,97 +185,79 @@ def load_view(
     held by another load raises LoadLocked at once, or after waiting up to
     ``wait_s`` seconds for that load to end (``on_wait`` hears that it waits).
     """
-    if view_name not in VIEWS:
-        raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEW_ORDER)} or all")
+    view = known_view(view_name)
     if chunk_size < 1:
         raise ConfigError("--chunk-size must be at least 1")
-    view = VIEWS[view_name]
-    source_text = describe_source(source)
-    timezone = load_timezone(timezone_name())
     options = replace(
         options or ReadOptions(),
         header_fields=tuple(view.columns[k] for k in view.key if view.columns[k] in view.required),
     )
     if options.date_order is None:
         options = replace(options, date_order=date_order_setting())
+    plan = plan_read(
+        view,
+        source,
+        chunk_size=chunk_size,
+        timezone=load_timezone(timezone_name()),
+        for_copy=engine.dialect.name == "postgresql",
+        options=options,
+    )
     with stopping.Guard() as guard:
         if dry_run:
             if migrate.state(engine) != "head":
                 raise SchemaNotReady(
                     "--dry-run needs a database at head; run `otc db upgrade` (or adopt) first"
                 )
-            return _run(
-                engine,
-                view,
-                source,
-                source_text,
-                None,
-                chunk_size,
-                True,
-                progress,
-                timezone,
-                options,
-                guard,
-                engine,
-            )
+            return _run(engine, plan, None, progress, guard, engine)
         ensure_schema(engine)
         # The load runs on the lock's own connection: the lock ends exactly when it does.
         with runs.view_lock(engine, view.name, wait_s=wait_s, on_wait=on_wait) as conn:
             # A signal during these few statements waits: the run it opens is then closed.
             with stopping.held():
-                run_id = runs.open_run(conn, view.name, source_text)
-            return _run(
-                conn,
-                view,
-                source,
-                source_text,
-                run_id,
-                chunk_size,
-                False,
-                progress,
-                timezone,
-                options,
-                guard,
-                engine,
-            )
+                run_id = runs.open_run(conn, view.name, plan.source_text)
+            return _run(conn, plan, run_id, progress, guard, engine)
+
+
+def known_view(name: str) -> View:
+    """The view of this name, or the one error every command gives for another name."""
+    if name not in VIEWS:
+        raise ConfigError(f"unknown view {name!r}; use one of {', '.join(VIEW_ORDER)} or all")
+    return VIEWS[name]
 
 
 def _run(
     engine: Engine | Connection,
-    view: View,
-    source: Source,
-    source_text: str,
+    plan: ReadPlan,
     run_id: int | None,
-    chunk_size: int,
-    dry_run: bool,
     progress: Progress | None,
-    timezone: Any,
-    options: ReadOptions,
     guard: stopping.Guard,
     closer: Engine | Connection,
 ) -> RunSummary:
-    """Load ``view`` on ``engine`` (the view lock's connection) and record the run.
+    """Load the view on ``engine`` (the view lock's connection) and record the run.
 
-    A run that fails is closed, and whether an interrupted commit happened is read,
-    through ``closer``: the caller's Engine (a fresh connection, since the load's
-    own may be the one that was lost) or the caller's Connection (the test fixture's
+    No run (``run_id`` None) is a dry run: it rolls back. A run that fails is
+    closed, and whether an interrupted commit happened is read, through
+    ``closer``: the caller's Engine (a fresh connection, since the load's own may
+    be the one that was lost) or the caller's Connection (the test fixture's
     transaction, which alone can see the run).
     """
+    view, source_text = plan.view, plan.source_text
+    dry_run = run_id is None
     started = time.monotonic()
     summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
     if progress is not None:
-        size = source.stat().st_size if isinstance(source, Path) and source.is_file() else None
+        size = plan.file.stat().st_size if plan.file is not None and plan.file.is_file() else None
         progress.view_started(view.name, source_text, size)
-    loader: ViewLoader | None = None
+    load: Load | None = None
     unknown_fields: frozenset[str] = frozenset()
     renamed_fields: frozenset[tuple[str, str]] = frozenset()
     reasons: Counter[tuple[str | None, str]] = Counter()
     commit_begun = False
 
-    def fill_summary(loader: ViewLoader) -> None:
+    def fill_summary(load: Load) -> None:
         """The summary of a load about to commit (or a dry run about to roll back)."""
-        _copy_counts(summary, loader)
-        summary.latest_source_time = loader.latest_source_time
+        _copy_counts(summary, load)
+        summary.latest_source_time = load.latest_source_time
         if unknown_fields:
             names = ", ".join(repr(name) for name in sorted(unknown_fields))
             summary.warnings.insert(0, f"unknown fields ignored: {names}")
@@ -678,61 +278,50 @@ def _run(
             summary.error = _nothing_loaded(summary)
         summary.duration_s = round(time.monotonic() - started, 3)
 
-    def load_once(conn: Connection, may_split: bool) -> None:
+    def load_once(conn: Connection, plan: ReadPlan) -> None:
         """One attempt in one transaction (a savepoint inside a caller's)."""
-        nonlocal loader, unknown_fields, renamed_fields, commit_begun
+        nonlocal load, unknown_fields, renamed_fields, commit_begun
         unknown_fields, renamed_fields = frozenset(), frozenset()
         reasons.clear()
         if conn.dialect.name == "sqlite":
             # The load's transaction begins deferred: it takes SQLite's one write lock
-            # only when its merge begins (see ViewLoader), so other writers go on
-            # while it reads. (The view lock's connection otherwise begins IMMEDIATE.)
+            # only when its merge begins (see load.py), so other writers go on while
+            # it reads. (The view lock's connection otherwise begins IMMEDIATE.)
             conn.execution_options(**{WRITER: False})
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
         try:
-            is_api = isinstance(source, str) and source == "api"
-            loader = ViewLoader(conn, view, run_id, merge_while_reading=not is_api)
-            # Only a reload reads a file in halves: a first load merges chunks in order.
-            halves = None
-            if may_split and not loader.merges_as_it_reads and isinstance(source, str | Path):
-                if source != "api":
-                    halves = split_json(Path(source), SPLIT_MIN_BYTES)
+            # An API source can trickle or back off: it merges only at the end.
+            load = start_load(conn, view, run_id, merge_as_read=not is_api(plan.source))
+            if load.takes_any_order and plan.halves is None and may_split:
+                plan = in_halves(plan)
             meter = None
-            if progress is not None and isinstance(source, Path):
-                meter = ReadMeter(source, (0, halves[1].start) if halves else (0,))
-            chunks = _chunks(
-                view,
-                source,
-                source_text,
-                chunk_size,
-                timezone,
-                for_copy=conn.dialect.name == "postgresql",
-                halves=halves,
-                options=options,
-            )
+            if progress is not None and plan.file is not None:
+                meter = ReadMeter(plan.file, plan.reader_starts())
+            chunks = read_chunks(plan)
             # Closed here, not when garbage: a stopped load ends its readers before it
             # records the run (the traceback would keep the generator alive).
             with contextlib.closing(chunks):
                 for chunk in chunks:
-                    loader.stage(chunk)
+                    load.take(chunk)
+                    if isinstance(chunk, SplitEnd):
+                        continue
                     unknown_fields |= chunk.unknown_fields
                     renamed_fields |= chunk.renamed_fields
                     reasons.update((r.field, r.reason) for r in chunk.rejects)
                     _refuse_other_date_order(chunk.rejects, source_text)
                     if progress is not None:
                         bytes_read = meter.bytes_read() if meter is not None else None
-                        progress.rows_read(view.name, loader.counts.fetched, bytes_read)
+                        progress.rows_read(view.name, load.counts.fetched, bytes_read)
                     stopping.pause_point("staged", view.name)
             stopping.pause_point("merge", view.name)
             if progress is not None:
                 progress.stage(view.name, "merging into the table")
-            loader.finish()
-            after_load(conn, view, summary, loader.counts)
+            load.finish()
+            after_load(conn, view, summary, load.counts)
+            fill_summary(load)
             if dry_run:
                 transaction.rollback()
-                fill_summary(loader)
                 return
-            fill_summary(loader)
             # The run's final record belongs to the view's transaction: it commits
             # with the rows or not at all, whenever the process dies.
             _close_run(conn, summary)
@@ -748,15 +337,17 @@ def _run(
                     transaction.rollback()
             raise
 
+    may_split = True
     try:
         stopping.check()  # a signal while the run was being opened
         with connection(engine) as conn:
             try:
-                load_once(conn, may_split=True)
+                load_once(conn, plan)
             except SplitRefuted:
                 # The guessed middle of a JSON export was no boundary between records
                 # (or the file is broken there): nothing was kept; read it whole.
-                load_once(conn, may_split=False)
+                may_split = False
+                load_once(conn, whole(plan))
     except (Exception, KeyboardInterrupt) as exc:
         signum = stopping.received() or _interrupting_signal(exc)
         if commit_begun and _run_committed(closer, summary):
@@ -768,8 +359,8 @@ def _run(
         summary.retry_later = isinstance(exc, TemporaryRefusal) and not signum
         summary.warnings.clear()
         summary.latest_source_time = None
-        if loader is not None:
-            _copy_counts(summary, loader)
+        if load is not None:
+            _copy_counts(summary, load)
         # Counts of a failed run describe what was read, not what was written.
         summary.inserted = summary.updated = summary.unchanged = 0
         summary.duration_s = round(time.monotonic() - started, 3)
@@ -892,7 +483,7 @@ def _close_failed_run(engine: Engine | Connection, summary: RunSummary) -> None:
 
 def after_load(conn: Connection, view: View, summary: RunSummary, counts: LoadCounts) -> None:
     """Work that belongs to a view's load transaction once its rows are merged."""
-    if view.name == "timesheets" and (counts.inserted or counts.updated):
+    if view.refreshes_user_lookup and (counts.inserted or counts.updated):
         stopping.pause_point("users-refresh", view.name)
         # Timesheet rows carry both names: the one reliable source for user_lookup.
         # A load that wrote no timesheet row has nothing new to tell it (and the
@@ -900,10 +491,10 @@ def after_load(conn: Connection, view: View, summary: RunSummary, counts: LoadCo
         summary.warnings.extend(users.refresh_from_timesheets(conn))
 
 
-def _copy_counts(summary: RunSummary, loader: ViewLoader) -> None:
-    """The loader's counts onto the summary (a RunSummary is LoadCounts and its run)."""
+def _copy_counts(summary: RunSummary, load: Load) -> None:
+    """The load's counts onto the summary (a RunSummary is LoadCounts and its run)."""
     for count in fields(LoadCounts):
-        setattr(summary, count.name, getattr(loader.counts, count.name))
+        setattr(summary, count.name, getattr(load.counts, count.name))
 
 
 def _error_text(exc: BaseException, source_text: str) -> str:
@@ -917,37 +508,6 @@ def _error_text(exc: BaseException, source_text: str) -> str:
     detail = str(orig if orig is not None else exc).strip().splitlines()
     first = detail[0] if detail else type(exc).__name__
     return f"{type(exc).__name__} while loading {source_text}: {first}"
-
-
-def find_view_files(folder: Path) -> dict[str, Path]:
-    """The export file of each view in ``folder``: tickets.*, timesheets.*, comments.*.
-
-    Names match whatever their case (`Tickets.CSV`, as Windows tools save them).
-    """
-    if not folder.is_dir():
-        raise SourceError(
-            f"{folder} is not a folder; `otc load all --from` takes a folder of exports"
-        )
-    wanted = {f"{name}{suffix}": name for name in VIEW_ORDER for suffix in SUFFIXES}
-    by_view: dict[str, list[Path]] = {}
-    for entry in sorted(folder.iterdir()):
-        name = wanted.get(entry.name.lower())
-        if name is not None and entry.is_file():
-            by_view.setdefault(name, []).append(entry)
-    found: dict[str, Path] = {}
-    for name in VIEW_ORDER:
-        candidates = by_view.get(name, [])
-        if len(candidates) > 1:
-            raise SourceError(
-                f"{folder} holds {' and '.join(c.name for c in candidates)}; keep one export per view"
-            )
-        if candidates:
-            found[name] = candidates[0]
-    if not found:
-        raise SourceError(
-            f"{folder} holds no tickets.*, timesheets.* or comments.* export (.json, .csv, .xlsx)"
-        )
-    return found
 
 
 def missing_view(name: str, folder: Path) -> RunSummary:
@@ -980,13 +540,13 @@ def load_all(
     view held by another load is refused (exit code 75 in its summary) or waited
     for up to ``wait_s`` seconds; the other views still load.
     """
-    if isinstance(source, str) and source == "api":
-        plan: list[tuple[str, Source]] = [(name, "api") for name in VIEW_ORDER]
+    if is_api(source):
+        plan: list[tuple[str, Source]] = [(name, source) for name in VIEW_ORDER]
     else:
         found = find_view_files(Path(source))
         plan = list(found.items())
     summaries: list[RunSummary] = []
-    if not (isinstance(source, str) and source == "api"):
+    if not is_api(source):
         summaries = [missing_view(n, Path(source)) for n in VIEW_ORDER if n not in found]
     with stopping.Guard():
         for index, (name, view_source) in enumerate(plan):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Table
 
-from .models import Comment, Ticket, Timesheet
+from .models import TIMESHEETS_SQLITE_KEY, Comment, Ticket, Timesheet
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,33 @@ class View:
     source_time_field: str | None = None  # newest value shown as the view's freshness
     required: tuple[str, ...] = field(default=())  # source fields a record cannot lack
     times_of_day: tuple[str, ...] = field(default=())  # column keys stored as canonical HH:MM
+    # The upsert's arbiter where it is not the primary key: a unique constraint on
+    # PostgreSQL, the columns of a unique index on SQLite (timesheets' unique entry).
+    unique_constraint: str | None = None
+    unique_index: tuple[Any, ...] = field(default=())  # columns or expressions
+    modified_time: str | None = None  # column key of OTC's modified time: newer rows win
+    ticket_reference: str | None = None  # column key naming the row's ticket
+    # The view's rows carry user names and ids: the one reliable source for user_lookup.
+    refreshes_user_lookup: bool = False
 
     @property
     def columns(self) -> dict[str, str]:
         """Column key -> source field name."""
         return {column: source for source, column in self.fields.items()}
+
+    @property
+    def blank_key_columns(self) -> tuple[str, ...]:
+        """Key columns a record may leave blank (NULL is then a value like any other)."""
+        required = {self.fields[f] for f in self.required}
+        return tuple(k for k in self.key if k not in required)
+
+    def conflict_target(self, dialect: str) -> dict[str, Any]:
+        """The upsert's arbiter on this dialect, as on_conflict_do_update() takes it."""
+        if self.unique_constraint and dialect == "postgresql":
+            return {"constraint": self.unique_constraint}
+        if self.unique_index:
+            return {"index_elements": list(self.unique_index)}
+        return {"index_elements": [self.table.c[k] for k in self.key]}
 
 
 def _same_name_fields(table: Table, skip: tuple[str, ...] = ()) -> dict[str, str]:
@@ -46,6 +69,7 @@ TICKETS = View(
     guid="dc8570af-facd-4799-9cc0-99641d394fce",
     source_time_field="TKT-Modified Time",
     required=("TKT-Ticket ID",),
+    modified_time="TKT-Modified Time",
 )
 
 TIMESHEETS = View(
@@ -58,6 +82,11 @@ TIMESHEETS = View(
     # "TS-Crm ID" is part of the key but may be blank: NULL is a value like any other.
     required=("TS-User Username", "TS-Date", "TS-Time From"),
     times_of_day=("TS-Time From", "TS-Time To"),
+    unique_constraint="timesheets_unique_entry",
+    unique_index=TIMESHEETS_SQLITE_KEY,
+    modified_time="TS-Modified Time",
+    ticket_reference="TS-Crm ID",
+    refreshes_user_lookup=True,
 )
 
 COMMENTS = View(
@@ -79,12 +108,9 @@ COMMENTS = View(
     guid="c59ca238-8249-48b9-bff9-092fd33ce916",
     source_time_field="TKTCT-Created Time",
     required=("TKTCT-CommentID",),
+    ticket_reference="ticket_id",
 )
 
 VIEWS: dict[str, View] = {v.name: v for v in (TICKETS, TIMESHEETS, COMMENTS)}
 # `otc load all` order: tickets first, so timesheets and comments find their tickets.
 VIEW_ORDER = ("tickets", "timesheets", "comments")
-
-
-def get_view(name: str) -> View:
-    return VIEWS[name]

@@ -454,16 +454,24 @@ def reading_alone(path: Path) -> float:
     import gc
 
     from otc_pipeline.parse import load_timezone
-    from otc_pipeline.pipeline import DEFAULT_CHUNK_SIZE, collect_rarely, parsed_chunks
+    from otc_pipeline.pipeline import DEFAULT_CHUNK_SIZE
+    from otc_pipeline.reading import collect_rarely, parsed_chunks, plan_read
+    from otc_pipeline.sources.files import ReadOptions
     from otc_pipeline.views import TIMESHEETS
 
     thresholds = gc.get_threshold()
     collect_rarely()  # as the load's reading process does
     try:
         started = time.perf_counter()
-        for _ in parsed_chunks(
-            TIMESHEETS, path, str(path), DEFAULT_CHUNK_SIZE, load_timezone("UTC"), True
-        ):
+        plan = plan_read(
+            TIMESHEETS,
+            path,
+            chunk_size=DEFAULT_CHUNK_SIZE,
+            timezone=load_timezone("UTC"),
+            for_copy=True,
+            options=ReadOptions(),
+        )
+        for _ in parsed_chunks(plan):
             pass
         return time.perf_counter() - started
     finally:

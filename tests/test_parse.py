@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from otc_pipeline.errors import ConfigError
-from otc_pipeline.parse import Parser, Reject, as_copy_text, load_timezone
+from otc_pipeline.copy_text import COPY_TEXT, as_copy_text
+from otc_pipeline.parse import Parser, Reject, load_timezone
 from otc_pipeline.sample import write_sample
 from otc_pipeline.sources.files import read_file
 from otc_pipeline.views import COMMENTS, TICKETS, TIMESHEETS
@@ -196,7 +197,7 @@ def test_compiled_plans_and_copy_text_agree_with_the_field_by_field_rules(
     )
     for view in (TICKETS, TIMESHEETS, COMMENTS):
         values_parser = Parser(view, load_timezone("Australia/Sydney"))
-        text_parser = Parser(view, load_timezone("Australia/Sydney"), as_text=True)
+        text_parser = Parser(view, load_timezone("Australia/Sydney"), text_format=COPY_TEXT)
         seen = {"rows": 0, "rejects": 0}
         for position, record in read_file(paths[view.name]):
             parsed = values_parser.parse(position, record)
@@ -318,7 +319,7 @@ TIME_SHAPES = [
 @pytest.mark.parametrize("shape", TIME_SHAPES, ids=repr)
 @pytest.mark.parametrize("as_text", [False, True], ids=["objects", "copy-text"])
 def test_every_time_shape_is_one_canonical_key(shape: object, as_text: bool) -> None:
-    parser = Parser(TIMESHEETS, load_timezone("UTC"), as_text=as_text)
+    parser = Parser(TIMESHEETS, load_timezone("UTC"), text_format=COPY_TEXT if as_text else None)
     result = parser.parse(1, ts(**{"TS-Time From": shape, "TS-Time To": shape}))
     assert not isinstance(result, Reject), result
     row = dict(zip(result[0].columns, result[1], strict=True))
@@ -359,7 +360,7 @@ def test_month_first_dates_are_named_with_the_setting() -> None:
     assert "reads as month-first" in result.reason
     assert "OTC_DATE_ORDER=mdy" in result.reason and "--date-order mdy" in result.reason
     for as_text, expected in ((False, datetime(2026, 1, 15, 7, 0)), (True, "2026-01-15 07:00:00")):
-        parser = Parser(TIMESHEETS, load_timezone("UTC"), as_text=as_text, date_order="mdy")
+        parser = Parser(TIMESHEETS, load_timezone("UTC"), text_format=COPY_TEXT if as_text else None, date_order="mdy")
         for text in ("01/15/26 07:00 AM", "01/15/2026 07:00"):
             parsed = parser.parse(1, ts(**{"TS-Date": text}))
             assert not isinstance(parsed, Reject), parsed

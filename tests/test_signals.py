@@ -35,7 +35,7 @@ from otc_process import (
 )
 from sqlalchemy import text
 
-from otc_pipeline import migrate, pipeline
+from otc_pipeline import migrate, pipeline, reading
 from otc_pipeline.db import make_engine
 from otc_pipeline.sample import write_sample
 from otc_pipeline.stopping import reason
@@ -54,7 +54,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     small = write_sample(
         root / "small", tickets=300, timesheets=3000, comments=300, fmt="json", seed=3
     )
-    assert big_new["timesheets"].stat().st_size >= pipeline.SPLIT_MIN_BYTES
+    assert big_new["timesheets"].stat().st_size >= reading.SPLIT_MIN_BYTES
     return {
         "old": big_old["timesheets"],
         "reload": big_new["timesheets"],

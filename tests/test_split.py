@@ -18,7 +18,7 @@ from test_load import (
     timesheet,
 )
 
-from otc_pipeline import pipeline
+from otc_pipeline import pipeline, reading
 from otc_pipeline.errors import SourceError
 from otc_pipeline.models import EtlReject, EtlRun, Ticket, Timesheet
 from otc_pipeline.sources import files
@@ -48,8 +48,8 @@ def halves(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         seen.append(result)
         return result
 
-    monkeypatch.setattr(pipeline, "SPLIT_MIN_BYTES", 0)
-    monkeypatch.setattr(pipeline, "split_json", spy)
+    monkeypatch.setattr(reading, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(reading, "split_json", spy)
     return seen
 
 
@@ -199,7 +199,7 @@ def test_a_reload_in_halves_matches_one_reader(
     in_halves, rows, rejects = _load_twice(engine, tmp_path, first, second)
     assert halves and halves[-1] is not None  # the reload really was split
 
-    monkeypatch.setattr(pipeline, "SPLIT_MIN_BYTES", 1 << 60)
+    monkeypatch.setattr(reading, "SPLIT_MIN_BYTES", 1 << 60)
     with engine.begin() as conn:  # the same database, emptied
         conn.execute(Timesheet.__table__.delete())
     whole, whole_rows, whole_rejects = _load_twice(engine, tmp_path, first, second)
@@ -244,13 +244,13 @@ def test_a_wrong_split_is_read_again_whole(
     path = _nested_boundary_past_the_middle(tmp_path / "t.json")
     pipeline.load_view(engine, "timesheets", [timesheet(1, **{"TS-Description": "old"})])
     attempts: list[bool] = []
-    chunks = pipeline._chunks
+    chunks = reading.read_chunks
 
-    def spy(*args: Any, halves: Any, **kwargs: Any) -> Any:
-        attempts.append(halves is not None)
-        return chunks(*args, halves=halves, **kwargs)
+    def spy(plan: reading.ReadPlan) -> Any:
+        attempts.append(plan.halves is not None)
+        return chunks(plan)
 
-    monkeypatch.setattr(pipeline, "_chunks", spy)
+    monkeypatch.setattr(pipeline, "read_chunks", spy)
     summary = pipeline.load_view(engine, "timesheets", path)
     assert halves[-1] is not None and attempts == [True, False]  # split, refuted, read whole
     assert (summary.status, counts(summary)) == ("success", (1, 1, 0, 0, 0))
