@@ -73,8 +73,9 @@ class ParsedChunk:
 class ChunkEncoder:
     """Collects one chunk's parsed rows: drops repeated keys, lays rows out alike.
 
-    Within a chunk the last occurrence of a key wins, here in memory, so the
-    database only sorts out repeats across chunks. For COPY each row becomes its
+    Within a chunk the occurrence of a key that wins is chosen here, in memory, so
+    the database only sorts out repeats across chunks: the newest by the view's
+    modified time, else the last (see :func:`newer`). For COPY each row becomes its
     line of COPY's text format as it arrives: the parser already hands out
     escaped fields, so a line is one join (measured: twice as fast as csv.writer),
     and a chunk holds a few MB of lines instead of tuples. Every row carries all
@@ -87,6 +88,10 @@ class ChunkEncoder:
     def __init__(self, view: View, as_copy_text: bool, keep_key_hashes: bool = False) -> None:
         self.as_copy_text = as_copy_text
         self.columns = stage_columns(view)
+        # Where a staged row holds its modified time (None: the view has none).
+        self._modified = (
+            None if view.modified_time is None else self.columns.index(view.modified_time)
+        )
         # Every row's key hash, for a reader of a second half: the first half's
         # reader saw other keys, which these may repeat (see seen_before).
         self.key_hashes: array[int] | None = array("q") if keep_key_hashes else None
@@ -124,7 +129,8 @@ class ChunkEncoder:
         bit = key_hash & (_SEEN_BITS - 1)
         byte, flag = bit >> 3, 1 << (bit & 7)
         seen = self._seen
-        if seen[byte] & flag:
+        repeat = seen[byte] & flag
+        if repeat:
             self._maybe_repeats.append(key_hash)
         else:
             seen[byte] |= flag
@@ -138,7 +144,23 @@ class ChunkEncoder:
         else:
             row = (column_set, position, key_hash, *values)
         self._rows.append(row)
+        if repeat and self._modified is not None:
+            held = self._latest.get(key)
+            if held is not None and not self._replaces(values, held):
+                return  # the held row is newer: this one counts as the duplicate
         self._latest[key] = row
+
+    def _replaces(self, values: tuple[Any, ...], held: Any) -> bool:
+        """Whether a row with these staged values replaces ``held``, a row of its key."""
+        assert self._modified is not None
+        mine = values[self._modified]
+        if self.as_copy_text:
+            theirs: Any = held.split("\t")[len(STAGE_PREFIX) + self._modified]
+            null: Any = COPY_NULL
+        else:
+            theirs, null = held[len(STAGE_PREFIX) + self._modified], None
+        # COPY text holds timestamps as ISO text, which sorts as the times do.
+        return newer(None if mine == null else mine, None if theirs == null else theirs)
 
     def _use(self, plan: Plan) -> None:
         """Make ``plan`` the current one: how its rows are laid out, and their key."""
@@ -197,6 +219,17 @@ class ChunkEncoder:
         )
         self._start()
         return chunk
+
+
+def newer(mine: Any, theirs: Any) -> bool:
+    """Whether a record modified at ``mine`` wins over an earlier one of its key at ``theirs``.
+
+    The newest wins; on a tie, or when neither has a time, the later record. One
+    without a time loses to one with a time (the database ranks repeats alike).
+    """
+    if theirs is None:
+        return True
+    return mine is not None and mine >= theirs
 
 
 def seen_before(seen: bytes, key_hashes: Iterable[int]) -> list[int]:

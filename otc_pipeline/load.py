@@ -35,13 +35,18 @@ from .views import View
 
 @dataclass
 class LoadCounts:
-    """Exact counts of one load; fetched == the sum of the other five."""
+    """Exact counts of one load; fetched == the sum of the other six.
+
+    ``stale``: records older, by the view's modified time, than the row the table
+    holds (the row stays as it is).
+    """
 
     fetched: int = 0
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     duplicates: int = 0
+    stale: int = 0
     rejected: int = 0
 
 
@@ -94,7 +99,8 @@ class Load:
         self.latest_source_time: datetime | None = None
         # Merged by position ranges at the end: positions are indexed.
         self.stage = Stage(conn, view, indexed=self.takes_any_order)
-        self.merge = Merge(conn, view, self.stage)
+        # Rows not compared with the table before the merge keep a newer held row.
+        self.merge = Merge(conn, view, self.stage, keep_newer=not self.takes_any_order)
         self._maybe_repeats: set[int] = set()  # key hashes the reader saw more than once
         self._rejects = self._create_rejects()
         self._renumber: SplitEnd | None = None
@@ -281,20 +287,19 @@ class MergeAtEnd(Load):
         merge = self.merge
         # Repeats within a chunk were dropped as it was read.
         maybe_repeats = self._maybe_repeats if len(self._chunks) > 1 else set()
+        # Repeats first: the row that wins for each key is what the table is compared with.
+        dropped = merge.drop_repeats(maybe_repeats)
+        self.counts.duplicates += dropped
         if is_empty(self.conn, self.view):
-            dropped, _ = merge.drop_repeats(maybe_repeats, None)
-            self.counts.duplicates += dropped
             merge.analyze()
             for chunk in self._chunks:
                 written = self._merged(chunk, None)
                 self.counts.inserted += written.inserted
             return
         changed = merge.changed_table()
-        noted = merge.note_changed(changed, self._column_sets)
-        dropped, dropped_noted = merge.drop_repeats(maybe_repeats, changed)
-        noted -= dropped_noted
-        self.counts.duplicates += dropped
-        self.counts.unchanged += self._staged_rows - dropped - noted
+        noted, stale = merge.note_changed(changed, self._column_sets)
+        self.counts.stale += stale
+        self.counts.unchanged += self._staged_rows - dropped - noted - stale
         if noted:
             merge.analyze()
             for chunk in self._chunks:
