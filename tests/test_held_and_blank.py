@@ -11,49 +11,48 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from test_load import ticket, timesheet
 
 from otc_pipeline import pipeline, runs
 from otc_pipeline.errors import LoadLocked
 from otc_pipeline.models import Ticket, Timesheet
 
+_PG_COUNTING = """
+CREATE TABLE servicedesk.row_writes (tbl TEXT);
+CREATE FUNCTION servicedesk.count_write() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN INSERT INTO servicedesk.row_writes VALUES (TG_TABLE_NAME); RETURN NEW; END $$;
+CREATE TRIGGER count_tickets AFTER UPDATE ON servicedesk.tickets
+  FOR EACH ROW EXECUTE FUNCTION servicedesk.count_write();
+CREATE TRIGGER count_timesheets AFTER UPDATE ON servicedesk.timesheets
+  FOR EACH ROW EXECUTE FUNCTION servicedesk.count_write();
+"""
+_SQLITE_COUNTING = [
+    "CREATE TABLE row_writes (tbl TEXT)",
+    "CREATE TRIGGER count_tickets AFTER UPDATE ON tickets "
+    "BEGIN INSERT INTO row_writes VALUES ('tickets'); END",
+    "CREATE TRIGGER count_timesheets AFTER UPDATE ON timesheets "
+    "BEGIN INSERT INTO row_writes VALUES ('timesheets'); END",
+]
+
 
 @pytest.fixture
 def updates_counted(engine: Engine, dialect: str) -> Iterator[None]:
     """A trigger that counts every UPDATE of a ticket or timesheet row (written or not)."""
-    prefix = "servicedesk." if dialect == "postgresql" else ""
     with engine.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {prefix}row_writes (tbl TEXT)"))
-        for table in ("tickets", "timesheets"):
-            if dialect == "postgresql":
-                conn.execute(
-                    text(
-                        f"CREATE FUNCTION servicedesk.count_{table}() RETURNS trigger "
-                        f"LANGUAGE plpgsql AS $$ BEGIN INSERT INTO servicedesk.row_writes "
-                        f"VALUES ('{table}'); RETURN NEW; END $$"
-                    )
-                )
-                conn.execute(
-                    text(
-                        f"CREATE TRIGGER count_{table} AFTER UPDATE ON servicedesk.{table} "
-                        f"FOR EACH ROW EXECUTE FUNCTION servicedesk.count_{table}()"
-                    )
-                )
-            else:
-                conn.execute(
-                    text(
-                        f"CREATE TRIGGER count_{table} AFTER UPDATE ON {table} "
-                        f"BEGIN INSERT INTO row_writes VALUES ('{table}'); END"
-                    )
-                )
+        if dialect == "postgresql":
+            conn.exec_driver_sql(_PG_COUNTING)
+        else:
+            for statement in _SQLITE_COUNTING:
+                conn.exec_driver_sql(statement)
     yield
 
 
 def writes(engine: Engine) -> int:
-    prefix = "servicedesk." if engine.dialect.name == "postgresql" else ""
+    postgresql = engine.dialect.name == "postgresql"
+    table = "servicedesk.row_writes" if postgresql else "row_writes"
     with engine.connect() as conn:
-        return int(conn.execute(text(f"SELECT count(*) FROM {prefix}row_writes")).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(text(table))).scalar_one())
 
 
 BLANKS = {"TKT-Team": "", "TKT-Assigned To User": None, "TKT-Description": ""}

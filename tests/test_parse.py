@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from otc_pipeline.errors import ConfigError
 from otc_pipeline.copy_text import COPY_TEXT, as_copy_text
+from otc_pipeline.errors import ConfigError
 from otc_pipeline.parse import Parser, Reject, load_timezone
 from otc_pipeline.sample import write_sample
 from otc_pipeline.sources.files import read_file
