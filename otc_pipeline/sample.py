@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .views import COMMENTS, TICKETS, TIMESHEETS, VIEW_ORDER
+from .vocabulary import PENDING_ASSIGNMENT, PLATFORMS, SEVERITIES
 
 SampleFormat = Literal["json", "csv", "xlsx"]
 FORMATS: tuple[SampleFormat, ...] = ("json", "csv", "xlsx")
@@ -33,7 +34,6 @@ Row = dict[str, Any]
 
 # A field the loader does not know, so every sample load exercises the warning.
 UNKNOWN_TIMESHEET_FIELD = "TS-Legacy Flag"
-PENDING_ASSIGNMENT = " PendingAssignment"  # the leading space is the legacy value
 DUPLICATE_SHARE = 0.01  # of timesheet rows that repeat an earlier entry's key
 XLSX_MAX_ROWS = 1_048_575  # Excel's sheet limit, less the header row
 
@@ -82,8 +82,9 @@ _STATUSES = (
 _DONE_STATUSES = frozenset({"Closed", "Incident Resolved", "Resolved"})
 _CATEGORIES = ["Alert"] * 35 + ["Incident"] * 30 + ["Service Request"] * 25 + ["Change"] * 7
 _CATEGORIES += ["Problem"] * 3
-_SEVERITIES = ("P1 - Critical", "P2 - High", "P3 - Medium", "P3 - Medium", "P4 - Low")
-_PLATFORMS = ("Azure", "AWS", "VMware", "Microsoft 365", "Cisco Meraki", "Fortinet", "Veeam")
+# Medium twice: the commonest severity.
+_SEVERITIES = (*SEVERITIES[:3], SEVERITIES[2], *SEVERITIES[3:])
+_PLATFORMS = PLATFORMS
 _GROUPS = ("Managed Cloud", "Managed Network", "Managed Security", "End User Services")
 _SLAS = ("Gold 24x7", "Silver 12x5", "Bronze 8x5", "Standard")
 _SLA_CLOCK = ("Running", "Paused", "Stopped", "Stopped", "")

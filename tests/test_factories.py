@@ -170,3 +170,19 @@ def test_creating_without_a_session_says_what_to_do() -> None:
     with pytest.raises(NoTestSession, match="otc_session"):
         f.TicketFactory()
     assert f.TicketFactory.build().ticket_id >= f.TICKET_ID_BASE
+
+
+def test_factories_and_sample_exports_speak_one_vocabulary(tmp_path: Any) -> None:
+    """Dashboards tested against factory rows meet the same words in `otc sample` exports."""
+    import json
+
+    from otc_pipeline import vocabulary
+    from otc_pipeline.sample import write_sample
+
+    tickets = f.TicketFactory.build_batch(300)
+    assert {t.severity for t in tickets} <= set(vocabulary.SEVERITIES)
+    write_sample(tmp_path, tickets=300, timesheets=0, comments=0, fmt="json", seed=3)
+    records = json.loads((tmp_path / "tickets.json").read_text())["message"]["data"]
+    severities = {r["TKT-Severity"] for r in records}
+    assert severities <= set(vocabulary.SEVERITIES) and len(severities) > 1
+    assert {t.severity for t in tickets} & severities

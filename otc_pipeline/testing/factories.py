@@ -38,6 +38,17 @@ from factory.alchemy import SQLAlchemyModelFactory
 
 from otc_pipeline.models import Comment, EtlReject, EtlRun, Ticket, Timesheet, UserLookup
 from otc_pipeline.testing import current_session
+from otc_pipeline.vocabulary import (
+    CATEGORIES,
+    CLOSED_STATUSES,
+    ENGINEERING_TEAMS,
+    OPEN_STATUSES,
+    PENDING_ASSIGNMENT,
+    PLATFORMS,
+    SEVERITIES,
+    SLA_HOURS,
+    TEAMS,
+)
 
 __all__ = [
     "ALL_FACTORIES",
@@ -64,19 +75,8 @@ TICKET_ID_BASE = 4_200_000
 ORPHAN_TICKET_ID_BASE = 3_900_000
 COMMENT_ID_BASE = 9_300_000
 
-# The literal the OTC API uses for "nobody yet", leading space included.
-PENDING_ASSIGNMENT = " PendingAssignment"
-
-ENGINEERING_TEAMS = ("Cloud - Infrastructure", "Cloud - Security", "Cloud - L3 Escalation")
-TEAMS = (*ENGINEERING_TEAMS, "NOC", "Service Desk", "Network Operations")
-CATEGORIES = ("Alert", "Incident", "Service Request", "Change", "Problem")
 _CATEGORY_WEIGHTS = (40, 25, 20, 10, 5)
-OPEN_STATUSES = ("New", "Assigned", "In Progress", "Pending Customer", "Pending Vendor", "On Hold")
-CLOSED_STATUSES = ("Closed", "Incident Resolved")
-SEVERITIES = ("1 - Critical", "2 - High", "3 - Medium", "4 - Low")
 _SEVERITY_WEIGHTS = (3, 17, 50, 30)
-_SLA_HOURS = {"1 - Critical": 4, "2 - High": 8, "3 - Medium": 24, "4 - Low": 72}
-PLATFORMS = ("Azure", "AWS", "VMware", "Microsoft 365", "Fortinet", "Cisco Meraki")
 
 # (full name, team): the people who work tickets and log time.
 STAFF: tuple[tuple[str, str], ...] = (
@@ -275,7 +275,7 @@ class TicketFactory(_OtcFactory):
     created_by_user = factory.LazyFunction(lambda: _rng.choice(STAFF)[0])
     created_by_userid = factory.LazyAttribute(lambda o: _user_id(o.created_by_user))
     due_date = factory.LazyAttribute(
-        lambda o: o.created_time + timedelta(hours=_SLA_HOURS.get(o.severity, 24))
+        lambda o: o.created_time + timedelta(hours=SLA_HOURS.get(o.severity, 24))
     )
     actual_response_date = factory.LazyAttribute(
         lambda o: o.created_time + timedelta(minutes=_rng.randrange(2, 90))
@@ -284,7 +284,7 @@ class TicketFactory(_OtcFactory):
         lambda o: o.modified_time if _is_closed(o) else None
     )
     closure_date = factory.LazyAttribute(lambda o: o.modified_time if _is_closed(o) else None)
-    sla = factory.LazyAttribute(lambda o: f"{_SLA_HOURS.get(o.severity, 24)} Hours")
+    sla = factory.LazyAttribute(lambda o: f"{SLA_HOURS.get(o.severity, 24)} Hours")
     sla_met = factory.LazyAttribute(
         lambda o: _rng.choice(("Yes", "Yes", "Yes", "No")) if _is_closed(o) else None
     )
