@@ -27,7 +27,7 @@ import typer  # noqa: E402 - after hide_password, which must come first
 # Typer bundles its own click since 0.29 (pyproject pins it): the command classes below extend it.
 from typer._click import Context, Parameter  # noqa: E402
 from typer._click.core import ParameterSource  # noqa: E402
-from typer._click.exceptions import UsageError  # noqa: E402
+from typer._click.exceptions import ClickException, UsageError  # noqa: E402
 from typer.core import TyperCommand, TyperGroup, TyperOption  # noqa: E402
 
 from . import heartbeat  # noqa: E402
@@ -105,6 +105,23 @@ def _set_state(key: str) -> Callable[[typer.Context, typer.CallbackParam, bool],
     return callback
 
 
+def _set_log_format(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> None:
+    """`otc load … --log-format json`: after the command, it overrides `otc`'s own option.
+
+    Only a value written on the command line counts here; OTC_LOG_FORMAT is read once,
+    by `otc` itself, so an explicit `otc --log-format text load …` is not undone.
+    """
+    from . import logs
+
+    if value is None or not param.name:
+        return
+    if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+        return
+    if value not in logs.FORMATS:
+        raise UsageError(f"--log-format must be text or json, not {value!r}", ctx)
+    logs.configure(value)
+
+
 def _global_options(
     debug: Annotated[
         bool,
@@ -135,6 +152,17 @@ def _global_options(
             expose_value=False,
         ),
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            metavar="text|json",
+            help="stderr as text, or json: one JSON object per event (default: OTC_LOG_FORMAT).",
+            callback=_set_log_format,
+            expose_value=False,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Only here so that Typer builds the global options' click parameters."""
 
@@ -170,13 +198,67 @@ class OtcCommand(TyperCommand):
         return params
 
 
+_ARGV_KEY = "otc.argv"  # the whole command line, in the root context's meta
+
+
+def wants_json(ctx: Context | None) -> bool:
+    """Whether `--json` is anywhere on the command line (also where it is a mistake)."""
+    if ctx is None:
+        return False
+    return "--json" in ctx.find_root().meta.get(_ARGV_KEY, ())
+
+
+def _show_click_error_as_json(error: ClickException, argv: Sequence[str]) -> None:
+    """Click's own errors (unknown option, missing argument, bad value) under --json.
+
+    Click prints them on stderr itself; a script reading stdout gets the same error
+    object as every other error. `--` ends the options: a `--json` after it is text.
+    """
+    options = argv[: list(argv).index("--")] if "--" in argv else argv
+    if "--json" not in options or getattr(error, "_otc_shown", False):
+        return
+    message = error.format_message()
+    context = getattr(error, "ctx", None)
+    if isinstance(error, UsageError) and context is not None:
+        message = f"{message.rstrip('.')}; see `{context.command_path} --help`"
+    print_json({"error": message, "exit_code": error.exit_code})
+    error._otc_shown = True  # type: ignore[attr-defined]
+
+
 class OtcGroup(TyperGroup):
-    """`otc` and its command groups: flags shown without metavars."""
+    """`otc` and its command groups: flags shown without metavars; click's errors as JSON."""
 
     def get_params(self, ctx: Context) -> list[Parameter]:
         params = super().get_params(ctx)
         _no_flag_metavars(params)
         return params
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: Context | None = None,
+        **extra: Any,
+    ) -> Context:
+        argv = list(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except ClickException as error:
+            if parent is None:  # `otc --bogus`: the command line's own options
+                _show_click_error_as_json(error, argv)
+            raise
+        if parent is None:
+            ctx.meta[_ARGV_KEY] = argv
+        return ctx
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClickException as error:
+            # Subcommands' parsing and callbacks run inside the root's invoke.
+            if ctx.parent is None:
+                _show_click_error_as_json(error, ctx.meta.get(_ARGV_KEY, ()))
+            raise
 
 
 class OtcTyper(typer.Typer):
@@ -335,6 +417,7 @@ def _version(value: bool) -> None:
 
 @app.callback(epilog=about(["otc load all --from exports/", "otc status", "otc load -h"]))
 def main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print errors and warnings only (for cron).")
@@ -368,7 +451,7 @@ def main(
     if quiet and verbose:
         raise UsageError("--quiet and --verbose contradict each other; give one")
     if log_format not in logs.FORMATS:
-        fail(f"--log-format must be text or json, not {log_format!r}", 2)
+        fail(f"--log-format must be text or json, not {log_format!r}", 2, as_json=wants_json(ctx))
     logs.configure(log_format)
 
 
@@ -539,6 +622,28 @@ def _warn_of_implicit_default(database_url: str | None) -> None:
     )
 
 
+def _missing_views(view: str, source: str) -> dict[str, Any]:
+    """`otc load all --from DIR`: the result of each view DIR holds no export of.
+
+    Found before the load so that those lines can take their place among the others;
+    a folder that cannot be read is left for the load itself to report.
+    """
+    from pathlib import Path
+
+    from .errors import OtcError
+    from .pipeline import find_view_files, missing_view
+    from .views import VIEW_ORDER
+
+    folder = Path(source)
+    if view != "all" or source == "api" or not folder.is_dir():
+        return {}
+    try:
+        found = find_view_files(folder)
+    except (OtcError, OSError):
+        return {}
+    return {name: missing_view(name, folder) for name in VIEW_ORDER if name not in found}
+
+
 def _reason_lines(summary: Any) -> list[str]:
     """The most frequent reject reasons, with their counts."""
     lines = []
@@ -650,11 +755,24 @@ def load(
 
     _warn_of_implicit_default(database_url)
     database = commands.database_name(database_url)
-    shown: set[int] = set()
+    shown: set[str] = set()  # views whose result is out
+    # Results stream as each view ends, in the README's order (tickets, timesheets,
+    # comments), because the views load in that order; a view missing from the folder
+    # never ends, so its line goes out when the view after it does, not last.
+    missing = _missing_views(view, source)
+
+    def show_in_order(display: LoadDisplay, summary: Any) -> None:
+        from .views import VIEW_ORDER
+
+        if summary.view in VIEW_ORDER:
+            for earlier in VIEW_ORDER[: VIEW_ORDER.index(summary.view)]:
+                if earlier in missing and earlier not in shown:
+                    show_result(display, missing[earlier])
+        show_result(display, summary)
 
     def show_result(display: LoadDisplay, summary: Any) -> None:
         """A view's result, the moment it ends: a JSON line, or its lines of text."""
-        shown.add(id(summary))
+        shown.add(summary.view)
         if as_json:
             print_json({**summary.as_dict(), "database": database})
             return
@@ -673,7 +791,7 @@ def load(
                 display.result(f"warning: {summary.view}: {warning}", mark="!", err=True)
 
     live = not as_json and not _state["quiet"] and sys.stderr.isatty() and not logs.is_json()
-    with LoadDisplay(live=live, verbose=_state["verbose"], show_result=show_result) as display:
+    with LoadDisplay(live=live, verbose=_state["verbose"], show_result=show_in_order) as display:
 
         def waiting(message: str) -> None:
             """A wait for another load of the view: on stderr, and on the live display."""
@@ -700,8 +818,8 @@ def load(
             # What ran before the signal is still reported: committed views stay committed.
             stopped, summaries = exc, exc.summaries
         for summary in summaries:  # views that never started: missing from the folder
-            if id(summary) not in shown:
-                show_result(display, summary)
+            if summary.view not in shown:
+                show_in_order(display, summary)
     if stopped is not None:
         if stopped.not_loaded:
             fail(f"{stopped}; not loaded: {', '.join(stopped.not_loaded)}", stopped.exit_code)

@@ -103,3 +103,21 @@ def test_hostile_records_in_a_body_are_refused_records(server: OtcServer, tmp_pa
     assert all(isinstance(record, RefusedRecord) for record in refused)
     reasons = [record.reason for record in refused if isinstance(record, RefusedRecord)]
     assert "nested more than" in reasons[0] and "number of more than" in reasons[1]
+
+
+def test_a_field_named_twice_in_a_body_is_a_refused_record(
+    server: OtcServer, tmp_path: Path
+) -> None:
+    records = list(comment_records(3))
+    good = json.dumps({"message": {"data": records}})
+    twice = good.replace('"TKTCT-CommentID": 500002', '"TKTCT-CommentID": 500002, "TKTCT-CommentID": 7')
+    assert twice != good
+    # A decoy object before the records: only the record array's objects are records.
+    twice = twice.replace('{"message": {', '{"message": {"paging": {"a": {"b": 1, "b": 2}}, ', 1)
+    server.queue(Reply(body=twice.encode()))
+    fetched = [record for _, record in fetch_view("comments", settings_for(server, tmp_path))]
+    assert len(fetched) == 3
+    refused = fetched[2]  # the third record, comment 500002
+    assert isinstance(refused, RefusedRecord)
+    assert refused.field == "TKTCT-CommentID" and "named 2 times" in refused.reason
+    assert isinstance(fetched[0], dict) and isinstance(fetched[1], dict)

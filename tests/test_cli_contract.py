@@ -100,6 +100,40 @@ def test_errors_under_json_are_an_object_on_stdout(loaded: str, args: list[str])
     assert result.stderr == f"Error: {error['error']}\n"
 
 
+CLICK_MISTAKES = {
+    "unknown option": (["status", "--bogus", "--json"], "No such option: --bogus"),
+    "missing argument": (["load", "--json"], "Missing argument 'view'"),
+    "bad value": (["load", "tickets", "--chunk-size", "x", "--json"], "'--chunk-size'"),
+    "below the minimum": (["runs", "--limit", "0", "--json"], "'--limit'"),
+    "--json before the command": (["--json", "status"], "No such option: --json"),
+    "bad log format after the command": (
+        ["status", "--log-format", "xml", "--json"],
+        "--log-format must be text or json",
+    ),
+    "bad log format before the command": (
+        ["--log-format", "xml", "status", "--json"],
+        "--log-format must be text or json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLICK_MISTAKES))
+def test_click_usage_errors_under_json_are_the_error_object(case: str) -> None:
+    args, message = CLICK_MISTAKES[case]
+    result = otc(*args)
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)
+    assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2
+    assert message in error["error"]
+    assert message in " ".join(result.stderr.split())  # click's own message stays on stderr
+
+
+def test_click_usage_errors_without_json_leave_stdout_empty() -> None:
+    for args in (["status", "--bogus"], ["load"], ["status", "--", "--json"]):
+        result = otc(*args)
+        assert result.exit_code == 2 and result.stdout == "", (args, result.output)
+
+
 # --- read-only commands never create a database ------------------------------------------
 
 READ_ONLY = [
@@ -465,6 +499,18 @@ def test_json_shapes(with_rejects: str, tmp_path: Path, command: str) -> None:
     jsonschema.validate(document, SCHEMAS[command])
     if command == "rejects":
         assert document["rejects"] and isinstance(document["rejects"][0]["record"], dict)
+
+
+@pytest.mark.parametrize("absent", ["tickets", "timesheets", "comments"])
+def test_load_all_json_lines_come_in_the_views_order(
+    db_url: str, exports: Path, absent: str
+) -> None:
+    for export in exports.glob(f"{absent}.*"):
+        export.unlink()
+    result = otc("load", "all", "--from", str(exports), "--database-url", db_url, "--json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["view"] for line in lines] == ["tickets", "timesheets", "comments"]
+    assert [line["view"] for line in lines if line["status"] == "missing"] == [absent]
 
 
 def test_json_lines_of_load_and_the_error_object(db_url: str, exports: Path) -> None:

@@ -129,6 +129,33 @@ def test_global_options_are_accepted_after_the_command(path: tuple[str, ...]) ->
     assert {"--debug", "--quiet", "-q", "--verbose", "-v"} <= _params(path)
 
 
+@pytest.mark.parametrize("path", _leaf_commands(), ids=" ".join)
+def test_log_format_is_accepted_after_the_command(path: tuple[str, ...]) -> None:
+    assert "--log-format" in _params(path)
+
+
+def test_log_format_after_the_command_writes_json_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    after = CliRunner().invoke(app, ["load", "nope", "--database-url", url, "--log-format", "json"])
+    assert after.exit_code == 2
+    (event,) = [json.loads(line) for line in after.stderr.splitlines()]
+    assert event["event"] == "error" and "unknown view 'nope'" in event["message"]
+    # Written after the command it wins over OTC_LOG_FORMAT and `otc`'s own option;
+    # absent, it changes nothing they chose.
+    monkeypatch.setenv("OTC_LOG_FORMAT", "json")
+    text = CliRunner().invoke(app, ["load", "nope", "--database-url", url, "--log-format", "text"])
+    assert text.stderr.startswith("Error: unknown view 'nope'")
+    kept = CliRunner().invoke(app, ["--log-format", "text", "load", "nope", "--database-url", url])
+    assert kept.stderr.startswith("Error: unknown view 'nope'")
+    monkeypatch.delenv("OTC_LOG_FORMAT")
+    bad = CliRunner().invoke(app, ["status", "--log-format", "xml"])
+    assert bad.exit_code == 2 and "--log-format must be text or json, not 'xml'" in bad.stderr
+
+
 def test_debug_after_the_command_shows_the_traceback(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     after = CliRunner().invoke(app, ["runs", "--database-url", url, "--debug"])

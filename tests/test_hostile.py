@@ -164,6 +164,16 @@ HOSTILE_RECORDS: dict[str, tuple[Callable[[], str], str | None, str]] = {
         "TS-Description",
         "lone surrogate",
     ),
+    "a field named twice": (
+        lambda: bad('"TS-Hours": "1"', '"TS-Hours": "1", "TS-Hours": "7.5"'),
+        "TS-Hours",
+        "named 2 times in one record",
+    ),
+    "a key field named three times": (
+        lambda: bad('"TS-Crm ID": 1002', '"TS-Crm ID": 1002, "TS-Crm ID": 9, "TS-Crm ID": 8'),
+        "TS-Crm ID",
+        "named 3 times in one record",
+    ),
     "lone high surrogate": (
         lambda: bad('"checked the firewall"', '"checked \\ud800 firewall"'),
         "TS-Description",
@@ -240,6 +250,67 @@ def test_guard_passes_honest_json_unchanged_however_it_is_cut(seed: int) -> None
     passed.append(guard.end())
     assert b"".join(passed) == data
     assert guard.markers == 0
+
+
+def _read_guarded(data: bytes, prefix: str, rng: random.Random) -> list[Any]:
+    """The records ijson builds from ``data`` through a counting guard, read in random cuts."""
+    import ijson
+
+    class Cut:
+        position = 0
+
+        def read(self, size: int = -1) -> bytes:
+            chunk = data[self.position : self.position + rng.choice([1, 2, 3, 7, 64, 1000, 65536])]
+            self.position += len(chunk)
+            return chunk
+
+    guarded = json_guard.GuardedFile(Cut(), JsonGuard(prefix))
+    return list(map(guarded.guard.checked, ijson.items(guarded, prefix)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_counting_guard_never_refuses_honest_records(seed: int) -> None:
+    rng = random.Random(seed)
+    document = [_honest_value(rng, 1) for _ in range(60)]
+    data = json.dumps(document, ensure_ascii=seed % 2 == 0, indent=seed % 3 or None).encode()
+    from decimal import Decimal
+
+    assert _read_guarded(data, "item", rng) == json.loads(data, parse_float=Decimal)
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> Any:
+    """json.loads' view of an object: the field named twice, if any, else the dict."""
+    names = [name for name, _ in pairs]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    return ("twice", twice) if twice is not None else dict(pairs)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fields_named_twice_are_found_however_the_bytes_are_cut(seed: int) -> None:
+    rng = random.Random(seed)
+    records = []
+    for i in range(80):
+        fields = [(f'f{k}:"{{', _honest_value(rng, 3)) for k in range(rng.randrange(0, 6))]
+        if rng.random() < 0.3 and fields:
+            fields.insert(rng.randrange(len(fields) + 1), (rng.choice(fields)[0], i))
+        records.append("{" + ", ".join(f"{json.dumps(n)}: {json.dumps(v)}" for n, v in fields) + "}")
+    # Objects outside the record array (and inside records) are no records.
+    decoy = '{"x": {"y": {"z": 1, "z": 2}}}'
+    text = (
+        f'{{"meta": {decoy}, "message": {{"errors": [{{"q": 1, "q": 2}}], '
+        f'"data": [{", ".join(records)}], "after": {decoy}}}}}'
+    )
+    from decimal import Decimal
+
+    expected = json.loads(text, object_pairs_hook=_pairs, parse_float=Decimal)["message"]["data"]
+    got = _read_guarded(text.encode(), "message.data.item", rng)
+    assert len(got) == len(expected)
+    for record, wanted in zip(got, expected, strict=True):
+        if isinstance(wanted, tuple):
+            assert isinstance(record, json_guard.RefusedRecord), record
+            assert record.field == wanted[1] and "named" in record.reason
+        else:
+            assert record == wanted
 
 
 def test_guard_follows_depth_across_chunks() -> None:

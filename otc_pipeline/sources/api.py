@@ -484,11 +484,13 @@ class _Body:
         self._parser: Any = None  # ijson items coroutine, once the envelope is known
         self._events: list[Any] = ijson.sendable_list()
         self._sniffer: Any = ijson.parse_coro(self._events)
-        self._pending: list[bytes] = []  # chunks read before the envelope was known
+        self._pending: list[bytes] = []  # chunks read before the envelope was known, as sent
         self._started = False
         self._excerpt = b""
         self._ended = False
         # Keeps hostile values (deep nesting, huge numbers, lone surrogates) from ijson.
+        # Until the envelope is known this one guards the sniffer; then a guard told the
+        # records' prefix reads the body again from its start (see _parse).
         self._guard = JsonGuard()
 
     def _next_chunk(self) -> bytes | None:
@@ -523,6 +525,8 @@ class _Body:
                 raise ApiError(_html_message(self._settings))
         if len(self._excerpt) < _EXCERPT_CHARS:
             self._excerpt += chunk[: _EXCERPT_CHARS - len(self._excerpt)]
+        if self._parser is None:
+            self._pending.append(chunk)
         self._parse(self._guard.feed(chunk))
 
     def _parse(self, chunk: bytes) -> None:
@@ -531,18 +535,20 @@ class _Body:
         if self._parser is not None:
             self._send(chunk)
             return
-        self._pending.append(chunk)
         try:
             self._sniffer.send(chunk)
         except (ijson.JSONError, UnicodeDecodeError, ArithmeticError) as exc:
             raise ApiError(self._malformed(exc)) from None
         for prefix, event, _value in self._events:
             if event == "start_array" and prefix in _ENVELOPE_PREFIXES:
-                self._parser = ijson.items_coro(self._records, _ENVELOPE_PREFIXES[prefix])
+                records_prefix = _ENVELOPE_PREFIXES[prefix]
+                self._parser = ijson.items_coro(self._records, records_prefix)
                 self._sniffer = None
+                # Told the prefix, the guard also finds fields named twice in a record.
+                self._guard = JsonGuard(records_prefix)
                 pending, self._pending = self._pending, []
                 for earlier in pending:
-                    self._send(earlier)
+                    self._send(self._guard.feed(earlier))
                 break
         del self._events[:]
 
@@ -555,7 +561,10 @@ class _Body:
     def _finish(self) -> None:
         self._ended = True
         if self._started:
-            self._parse(self._guard.end())
+            sniffing = self._guard
+            self._parse(sniffing.end())
+            if self._guard is not sniffing:  # the envelope was known only at the end
+                self._parse(self._guard.end())
         if not self._started:
             raise ApiError(
                 "the OTC API answered with an empty body, not JSON; check OTC_API_BASE_URL "

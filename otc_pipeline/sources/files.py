@@ -37,7 +37,7 @@ import ijson
 
 from .. import names
 from ..errors import ConfigError, SourceError
-from .json_guard import GuardedFile
+from .json_guard import GuardedFile, JsonGuard
 
 SourceRecord = tuple[int, dict[str, Any]]
 """(source position, raw record as read).
@@ -436,7 +436,7 @@ def read_json_part(part: JsonPart, first_position: int) -> Iterator[SourceRecord
     fails at the latest on its last bytes.
     """
     f = _SplicedFile(part)
-    guarded = GuardedFile(f)
+    guarded = GuardedFile(f, JsonGuard(part.prefix))  # the prefix: fields named twice too
     try:
         # ijson.items builds each record in C; numbers that are not integers arrive
         # as Decimal, which keeps hours such as 0.1 exact. The guard keeps hostile
