@@ -150,10 +150,11 @@ def removal_columns() -> list[sa.Column[object]]:
 
 
 # --- v_data_freshness ----------------------------------------------------------------------
-# The 0004 definition up to its last column, then the last removal. Only committed runs
-# count: a removal rolled back with its run never happened.
+# *_OLD: the 0004 definition, frozen for the downgrade; *_NEW: the same columns, then the
+# last removal. Only committed runs count: a removal rolled back with its run never happened.
 
-_PG_HEAD = """
+PG_OLD = """
+CREATE VIEW servicedesk.v_data_freshness AS
 WITH views (view_name, position) AS (
     VALUES ('tickets', 1), ('timesheets', 2), ('comments', 3)
 ),
@@ -172,27 +173,39 @@ tables AS (
     SELECT 'timesheets', max("TS-Date"), count(*) FROM servicedesk.timesheets
     UNION ALL
     SELECT 'comments', max(created_time), count(*) FROM servicedesk.comments
-)"""
-
-_PG_COLUMNS = """
+)
 SELECT v.view_name::text AS view_name,
        l.last_loaded,
        (now() AT TIME ZONE 'UTC') - l.last_loaded AS age,
        COALESCE(l.latest_source_time, t.newest) AS latest_data_date,
-       t.total_records"""
-
-_PG_JOINS = """
+       t.total_records
 FROM views v
 LEFT JOIN loads l ON l.view_name = v.view_name
-LEFT JOIN tables t ON t.view_name = v.view_name"""
-
-PG_OLD = f"""
-CREATE VIEW servicedesk.v_data_freshness AS{_PG_HEAD}{_PG_COLUMNS}{_PG_JOINS}
+LEFT JOIN tables t ON t.view_name = v.view_name
 ORDER BY v.position
 """
 
-PG_NEW = f"""
-CREATE OR REPLACE VIEW servicedesk.v_data_freshness AS{_PG_HEAD},
+PG_NEW = """
+CREATE OR REPLACE VIEW servicedesk.v_data_freshness AS
+WITH views (view_name, position) AS (
+    VALUES ('tickets', 1), ('timesheets', 2), ('comments', 3)
+),
+loads AS (
+    SELECT view_name,
+           max(COALESCE(last_load_time, load_end)) AS last_loaded,
+           max(latest_source_time) AS latest_source_time
+    FROM servicedesk.etl_metadata
+    WHERE load_status IN ('success', 'partial')
+    GROUP BY view_name
+),
+tables AS (
+    SELECT 'tickets' AS view_name, max("TKT-Modified Time") AS newest, count(*) AS total_records
+    FROM servicedesk.tickets
+    UNION ALL
+    SELECT 'timesheets', max("TS-Date"), count(*) FROM servicedesk.timesheets
+    UNION ALL
+    SELECT 'comments', max(created_time), count(*) FROM servicedesk.comments
+),
 removals AS (
     SELECT m.view_name,
            m.id AS run_id,
@@ -204,15 +217,24 @@ removals AS (
         WHERE removed > 0 AND load_status IN ('success', 'partial')
         GROUP BY view_name
     )
-){_PG_COLUMNS},
+)
+SELECT v.view_name::text AS view_name,
+       l.last_loaded,
+       (now() AT TIME ZONE 'UTC') - l.last_loaded AS age,
+       COALESCE(l.latest_source_time, t.newest) AS latest_data_date,
+       t.total_records,
        r.run_id AS last_removal_run_id,
        r.removed_at AS last_removal_at,
-       r.removed_rows AS last_removal_rows{_PG_JOINS}
+       r.removed_rows AS last_removal_rows
+FROM views v
+LEFT JOIN loads l ON l.view_name = v.view_name
+LEFT JOIN tables t ON t.view_name = v.view_name
 LEFT JOIN removals r ON r.view_name = v.view_name
 ORDER BY v.position
 """
 
-_SQLITE_HEAD = """
+SQLITE_OLD = """
+CREATE VIEW v_data_freshness AS
 WITH views (view_name, position) AS (
     VALUES ('tickets', 1), ('timesheets', 2), ('comments', 3)
 ),
@@ -231,22 +253,39 @@ tables AS (
     SELECT 'timesheets', max("TS-Date"), count(*) FROM timesheets
     UNION ALL
     SELECT 'comments', max(created_time), count(*) FROM comments
-)"""
-
-_SQLITE_COLUMNS = """
+)
 SELECT v.view_name AS view_name,
        l.last_loaded AS last_loaded,
        julianday('now') - julianday(l.last_loaded) AS age,
        COALESCE(l.latest_source_time, t.newest) AS latest_data_date,
-       t.total_records AS total_records"""
-
-SQLITE_OLD = f"""
-CREATE VIEW v_data_freshness AS{_SQLITE_HEAD}{_SQLITE_COLUMNS}{_PG_JOINS}
+       t.total_records AS total_records
+FROM views v
+LEFT JOIN loads l ON l.view_name = v.view_name
+LEFT JOIN tables t ON t.view_name = v.view_name
 ORDER BY v.position
 """
 
-SQLITE_NEW = f"""
-CREATE VIEW v_data_freshness AS{_SQLITE_HEAD},
+SQLITE_NEW = """
+CREATE VIEW v_data_freshness AS
+WITH views (view_name, position) AS (
+    VALUES ('tickets', 1), ('timesheets', 2), ('comments', 3)
+),
+loads AS (
+    SELECT view_name,
+           max(COALESCE(last_load_time, load_end)) AS last_loaded,
+           max(latest_source_time) AS latest_source_time
+    FROM etl_metadata
+    WHERE load_status IN ('success', 'partial')
+    GROUP BY view_name
+),
+tables AS (
+    SELECT 'tickets' AS view_name, max("TKT-Modified Time") AS newest, count(*) AS total_records
+    FROM tickets
+    UNION ALL
+    SELECT 'timesheets', max("TS-Date"), count(*) FROM timesheets
+    UNION ALL
+    SELECT 'comments', max(created_time), count(*) FROM comments
+),
 removals AS (
     SELECT m.view_name,
            m.id AS run_id,
@@ -258,10 +297,18 @@ removals AS (
         WHERE removed > 0 AND load_status IN ('success', 'partial')
         GROUP BY view_name
     )
-){_SQLITE_COLUMNS},
+)
+SELECT v.view_name AS view_name,
+       l.last_loaded AS last_loaded,
+       julianday('now') - julianday(l.last_loaded) AS age,
+       COALESCE(l.latest_source_time, t.newest) AS latest_data_date,
+       t.total_records AS total_records,
        r.run_id AS last_removal_run_id,
        r.removed_at AS last_removal_at,
-       r.removed_rows AS last_removal_rows{_PG_JOINS}
+       r.removed_rows AS last_removal_rows
+FROM views v
+LEFT JOIN loads l ON l.view_name = v.view_name
+LEFT JOIN tables t ON t.view_name = v.view_name
 LEFT JOIN removals r ON r.view_name = v.view_name
 ORDER BY v.position
 """
