@@ -848,10 +848,10 @@ def _print_status_table(database: str, views: list[dict[str, Any]]) -> None:
     console.print(table)
     for v in views:
         if v["last_removal_run_id"] is not None:
+            run_id = v["last_removal_run_id"]
             console.print(
-                f"{v['view']} last removal: {v['last_removal_rows']:,} rows moved to "
-                f"{v['view']}_removed at {_fmt(v['last_removal_at'])} UTC (run "
-                f"{v['last_removal_run_id']}; `otc removed --run {v['last_removal_run_id']}`)"
+                f"{v['view']}: last removal {v['last_removal_rows']:,} rows at "
+                f"{_fmt(v['last_removal_at'])} UTC (`otc removed --run {run_id}`)"
             )
     for v in views:
         if v["last_status"] == "failed" and v["last_error"]:
