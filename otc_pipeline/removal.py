@@ -12,6 +12,8 @@ parameters); nothing here commits: the caller owns the transaction and the view 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,7 @@ from sqlalchemy import (
 )
 
 from .errors import OtcError
-from .load import _key_match
+from .load import _ONE_HASH_JOIN, _key_match
 from .models import CommentRemoved, TicketRemoved, TimesheetRemoved
 from .runs import utcnow
 from .views import VIEW_ORDER, VIEWS, View
@@ -120,11 +122,12 @@ def move_out(
         literal(utcnow(), DateTime),
         literal(reason, Text),
     ).where(live.c[column].between(low, high), ~carried)
-    moved = conn.execute(
-        insert(removed).from_select(
-            [*columns, "removed_run_id", "removed_at", "removed_reason"], leaving
-        )
-    ).rowcount
+    with _one_hash_join(conn):
+        moved = conn.execute(
+            insert(removed).from_select(
+                [*columns, "removed_run_id", "removed_at", "removed_reason"], leaving
+            )
+        ).rowcount
     if not moved:
         return 0
     # Delete by primary key against the rows just copied: a semi-join of the (usually
@@ -143,6 +146,26 @@ def move_out(
             "deleted from the live table; nothing was changed (roll back and run again)"
         )
     return int(moved)
+
+
+@contextmanager
+def _one_hash_join(conn: Connection) -> Iterator[None]:
+    """The loader's compare settings for one statement (PostgreSQL only).
+
+    Left to itself, with no statistics of the stage (or even with them), the planner
+    sorts both sides for a merge anti-join, spilling to disk: 6.0 s against 1.5 s for
+    one in-memory hash anti-join of 850k timesheets with their stage (measured).
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    for setting, value in _ONE_HASH_JOIN.items():
+        conn.exec_driver_sql(f"SET LOCAL {setting} = {value}")
+    try:
+        yield
+    finally:
+        for setting in _ONE_HASH_JOIN:
+            conn.exec_driver_sql(f"RESET {setting}")
 
 
 def _runs_removed_rows(removed: Table, run_id: int) -> Any:
