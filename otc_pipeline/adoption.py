@@ -32,7 +32,14 @@ from .db import schema_name
 LEGACY_TABLES = ("tickets", "timesheets", "comments", "user_lookup", "etl_metadata")
 # Tables only otc-pipeline's migrations create: finding them without a version
 # table means a half-migrated database, not a legacy one.
-MIGRATION_TABLES = ("timesheets_dedup_archive", "etl_rejects", "timesheets_time_spellings")
+MIGRATION_TABLES = (
+    "timesheets_dedup_archive",
+    "etl_rejects",
+    "timesheets_time_spellings",
+    "tickets_removed",
+    "timesheets_removed",
+    "comments_removed",
+)
 # What the old loaders wrote (the columns of their INSERTs), plus each table's key: a
 # legacy table must have these. Every other model column is added by adopt.
 LOADER_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -88,7 +95,7 @@ LOADER_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 # Columns a revision after the baseline adds (adopt leaves them to it), and
 # etl_metadata.id, which adopt adds itself as a key numbered in row order.
-LEFT_TO_MIGRATIONS = {"timesheets": {"id"}, "etl_metadata": {"id"}}
+LEFT_TO_MIGRATIONS = {"timesheets": {"id"}, "etl_metadata": {"id", "stale", "removed"}}
 UNIQUE_ENTRY = "timesheets_unique_entry"
 # The analyst views revision 0004 replaces; a legacy copy of one would stop a column
 # type change ("cannot alter type of a column used by a view"), so adopt drops them first.

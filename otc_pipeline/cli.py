@@ -965,6 +965,13 @@ def _print_status_table(database: str, views: list[dict[str, Any]]) -> None:
     say(f"database: {database}")  # whole, never wrapped: it is what people copy
     console.print(table)
     for v in views:
+        if v["last_removal_run_id"] is not None:
+            run_id = v["last_removal_run_id"]
+            console.print(
+                f"{v['view']}: last removal {v['last_removal_rows']:,} rows at "
+                f"{_fmt(v['last_removal_at'])} UTC (`otc removed --run {run_id}`)"
+            )
+    for v in views:
         if v["last_status"] == "failed" and v["last_error"]:
             console.print(Text(f"{v['view']} last run failed: {v['last_error']}", style="red"))
     if any(v["orphans"] for v in views):
@@ -1000,7 +1007,7 @@ def runs(
             f"run {r['run_id']:>5}  {r['view']:<10} {r['status']:<11} {_fmt(r['started'])}  "
             f"fetched {_fmt(r['fetched'])}  ins {_fmt(r['inserted'])}  upd {_fmt(r['updated'])}  "
             f"same {_fmt(r['unchanged'])}  dup {_fmt(r['duplicates'])}  rej {_fmt(r['rejected'])}  "
-            f"{r['source'] or ''}"
+            f"stale {_fmt(r['stale'])}  rem {_fmt(r['removed'])}  {r['source'] or ''}"
         )
         if r["error"]:
             say(f"           error: {r['error']}")
@@ -1126,6 +1133,139 @@ def prune(
         f"{hours / 24:g} days (before {result.cutoff:%Y-%m-%d %H:%M} UTC); "
         "the latest run of each view is kept"
     )
+
+
+# --- otc removed ------------------------------------------------------------------------
+
+
+class OtcListingGroup(OtcGroup):
+    """A group that is a command too (`otc removed` lists, `otc removed restore` acts):
+    it takes the global options, like every command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        own = {name for p in self.params for name in p.opts}
+        self.params.extend(p for p in GLOBAL_OPTIONS if not own & set(p.opts))
+
+
+removed_app = OtcTyper(cls=OtcListingGroup, invoke_without_command=True, no_args_is_help=False)
+app.add_typer(removed_app, name="removed")
+
+
+def _key_text(key: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{column}={value!r}" if isinstance(value, str) else f"{column}={_fmt(value)}"
+        for column, value in key.items()
+    )
+
+
+@removed_app.callback(
+    epilog=about(
+        [
+            "otc removed                                 # the latest run that removed rows",
+            "otc removed --run 42 --view timesheets --limit 20",
+            "otc removed --run 42 --json",
+            "otc removed restore --run 42 --dry-run",
+        ],
+        DATABASE_ENV,
+    ),
+)
+@handle_errors
+def removed(
+    ctx: typer.Context,
+    run: Annotated[
+        int | None,
+        typer.Option("--run", help="Run id (default: the latest run that removed rows)."),
+    ] = None,
+    view: Annotated[str | None, typer.Option("--view", help="Only this view.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many rows.")] = 100,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rows a reconcile moved out of the live tables into <table>_removed, with when and why.
+
+    `otc load VIEW --reconcile` moves the rows of a range that the source no longer
+    carries (deleted or re-keyed in OTC) to tickets_removed, timesheets_removed or
+    comments_removed; nothing is deleted for good. This lists them: view, run, when,
+    reason, key and the whole row. `otc removed restore --run N` puts them back.
+    Never creates or changes a database.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import commands
+
+    listed = commands.removed_list(database_url, run, view, limit)
+    rows = listed["removed"]
+    if as_json:
+        print_json({"database": commands.database_name(database_url), **listed})
+        return
+    if not rows:
+        say(f"run {run} removed no rows" if run is not None else "no removed rows")
+        return
+    for r in rows:
+        say(
+            f"run {r['run_id']} {r['view']} removed {_fmt(r['removed_at'])} UTC: "
+            f"{_key_text(r['key'])}: {r['reason']}"
+        )
+    say(f"put them back with `otc removed restore --run {listed['run_id']}`")
+
+
+@removed_app.command(
+    "restore",
+    epilog=about(
+        [
+            "otc removed restore --run 42 --dry-run   # say what would go back",
+            "otc removed restore --run 42",
+            "otc removed restore --run 42 --json",
+        ],
+        DATABASE_ENV,
+    ),
+)
+@handle_errors
+def removed_restore(
+    run: Annotated[int, typer.Option("--run", help="The run whose removals go back.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be restored; change nothing.")
+    ] = False,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Put the rows run RUN moved to <table>_removed back into the live tables.
+
+    A row whose key the live table holds again (loaded since) is never overwritten:
+    it stays in <table>_removed, counted as kept. One transaction holding each view's
+    load lock: exit 75 while a load of the view runs. Restored rows leave
+    <table>_removed; timesheets come back under their own ids.
+    """
+    from . import commands
+
+    results = commands.removed_restore(database_url, run, dry_run=dry_run)
+    if as_json:
+        print_json(
+            {
+                "database": commands.database_name(database_url),
+                "run_id": run,
+                "dry_run": dry_run,
+                "views": [result.as_dict() for result in results.values()],
+            }
+        )
+        return
+    if not results:
+        say(f"run {run} has no removed rows left (it removed none, or they were restored)")
+        return
+    for result in results.values():
+        table = f"{result.view}_removed"
+        if dry_run:
+            say(f"{result.view}: would restore {result.restored:,}, would keep {result.kept:,}")
+        else:
+            say(f"{result.view}: {result.restored:,} restored, {result.kept:,} kept in {table}")
+        if result.kept:
+            say(
+                "  kept: the live table holds their key again (loaded since); "
+                f"see `otc removed --run {run}`"
+            )
+    if dry_run:
+        say("dry run: nothing was changed")
 
 
 # --- otc sample -------------------------------------------------------------------------

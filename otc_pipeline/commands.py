@@ -13,7 +13,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select
 from sqlalchemy.orm import Session
 
-from . import freshness, migrate, pipeline, retention, runs
+from . import freshness, migrate, pipeline, removal, retention, runs
 from .db import connect_engine, make_engine, schema_lock, schema_name
 from .errors import (
     ConfigError,
@@ -375,6 +375,8 @@ def _run_dict(run: EtlRun) -> dict[str, Any]:
         "unchanged": run.records_unchanged,
         "duplicates": run.records_duplicates,
         "rejected": run.records_rejected,
+        "stale": run.stale,
+        "removed": run.removed,
         "latest_source_time": run.latest_source_time,
         "warnings": run.warnings.splitlines() if run.warnings else [],
         "error": run.error_message,
@@ -515,6 +517,7 @@ def status(
                     )
                 )
                 rows = session.scalar(select(func.count()).select_from(view.table)) or 0
+                removal = _last_removal(session, name)
                 last_success = good.load_end if good else None
                 age = (now - last_success) if last_success else None
                 result.append(
@@ -533,9 +536,30 @@ def status(
                         "freshness": judged[name].state,
                         "freshness_reason": judged[name].reason,
                         "latest_source_time": newest,
+                        "last_removal_run_id": removal.id if removal else None,
+                        "last_removal_at": _ended(removal) if removal else None,
+                        "last_removal_rows": removal.removed if removal else None,
                     }
                 )
     return result
+
+
+def _last_removal(session: Session, view_name: str) -> EtlRun | None:
+    """The view's latest committed run that moved rows out (as v_data_freshness shows it)."""
+    return session.scalars(
+        select(EtlRun)
+        .where(
+            EtlRun.view_name == view_name,
+            EtlRun.removed > 0,
+            EtlRun.load_status.in_(("success", "partial")),
+        )
+        .order_by(EtlRun.id.desc())
+        .limit(1)
+    ).first()
+
+
+def _ended(run: EtlRun) -> Any:
+    return run.load_end if run.load_end is not None else run.load_start
 
 
 def _orphans(session: Session, view_name: str) -> int | None:
@@ -599,3 +623,61 @@ def prune(
             dry_run=dry_run,
             batch_size=batch_size,
         )
+
+
+# --- removed rows (<table>_removed) ------------------------------------------------------
+
+
+def _check_removal_run(conn: Connection, run_id: int) -> None:
+    """Refuse a run id that neither etl_metadata nor any <table>_removed knows (exit 2)."""
+    # A pruned run's removed rows stay: their run id still names them.
+    if conn.execute(select(EtlRun.id).where(EtlRun.id == run_id)).first() is not None:
+        return
+    if removal.run_views(conn, run_id):
+        return
+    raise NotFound(f"there is no run {run_id}; see `otc runs` for the run ids")
+
+
+def removed_list(
+    database_url: str | None, run_id: int | None, view: str | None, limit: int
+) -> dict[str, Any]:
+    """Rows moved to <table>_removed: of one run (default: the latest run that removed any)."""
+    check_view(view)
+    with _database(database_url, at_head=True, read_only=True) as engine:
+        with engine.connect() as conn:
+            if run_id is not None:
+                _check_removal_run(conn, run_id)
+            rows = removal.removed_rows(conn, run_id, view=view, limit=limit)
+    return {"run_id": rows[0]["run_id"] if rows else run_id, "removed": rows}
+
+
+def removed_restore(
+    database_url: str | None, run_id: int, *, dry_run: bool
+) -> dict[str, removal.RestoreResult]:
+    """Put a run's removed rows back (or, with dry_run, say what would go back), per view.
+
+    One transaction holding the view lock of each view the run removed rows from,
+    so no load of those views runs meanwhile; a held view is LoadLocked (exit 75).
+    """
+    from contextlib import ExitStack
+
+    from .db import WRITER
+
+    with _database(database_url, at_head=True, read_only=True) as engine:
+        with engine.connect() as conn:
+            _check_removal_run(conn, run_id)
+            if dry_run:
+                return removal.restore_preview(conn, run_id)
+            views = removal.run_views(conn, run_id)
+            conn.rollback()
+            if not views:
+                return {}
+        with engine.connect() as conn, ExitStack() as locks:
+            # On SQLite the write lock at BEGIN, as a load takes it.
+            writer = conn.execution_options(**{WRITER: True})
+            with writer.begin():
+                # Taken inside the transaction (PostgreSQL: transaction-level advisory
+                # locks), given up after the commit (SQLite: the lock files).
+                for name in views:
+                    locks.enter_context(runs.view_lock(writer, name))
+                return removal.restore(writer, run_id)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     literal_column,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, foreign, mapped_column, relationship
 
@@ -36,22 +37,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(schema=SCHEMA)
 
 
-class Ticket(Base):
-    """One OTC ticket, keyed by its OTC ticket id."""
+class _TicketColumns:
+    """The ticket columns but its key, shared by the table and its removed rows."""
 
-    __tablename__ = "tickets"
-    __table_args__ = (
-        Index("idx_tickets_team", "TKT-Team"),
-        Index("idx_tickets_status", "TKT-Status"),
-        Index("idx_tickets_status_team", "TKT-Status", "TKT-Team"),
-        Index("idx_tickets_assigned_user", "TKT-Assigned To User"),
-        Index("idx_tickets_modified_time", "TKT-Modified Time"),
-        Index("idx_tickets_created_time", "TKT-Created Time"),
-    )
-
-    ticket_id: Mapped[int] = mapped_column(
-        "TKT-Ticket ID", Integer, primary_key=True, autoincrement=False
-    )
     title: Mapped[str | None] = mapped_column("TKT-Title", Text)
     status: Mapped[str | None] = mapped_column("TKT-Status", Text)
     severity: Mapped[str | None] = mapped_column("TKT-Severity", Text)
@@ -86,6 +74,24 @@ class Ticket(Base):
     root_cause_category: Mapped[str | None] = mapped_column("TKT-Root Cause Category", Text)
     resolution_change_type: Mapped[str | None] = mapped_column("TKT-Resolution/Change Type", Text)
     ticket_source: Mapped[str | None] = mapped_column("TKT-Ticket Source", Text)
+
+
+class Ticket(_TicketColumns, Base):
+    """One OTC ticket, keyed by its OTC ticket id."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (
+        Index("idx_tickets_team", "TKT-Team"),
+        Index("idx_tickets_status", "TKT-Status"),
+        Index("idx_tickets_status_team", "TKT-Status", "TKT-Team"),
+        Index("idx_tickets_assigned_user", "TKT-Assigned To User"),
+        Index("idx_tickets_modified_time", "TKT-Modified Time"),
+        Index("idx_tickets_created_time", "TKT-Created Time"),
+    )
+
+    ticket_id: Mapped[int] = mapped_column(
+        "TKT-Ticket ID", Integer, primary_key=True, autoincrement=False
+    )
 
     # No foreign keys: most timesheets point at tickets that are not loaded.
     timesheets: Mapped[list[Timesheet]] = relationship(
@@ -186,7 +192,21 @@ class TimesheetTimeSpelling(Base):
     time_to: Mapped[str | None] = mapped_column("TS-Time To", Text)
 
 
-class Comment(Base):
+class _CommentColumns:
+    """The comment columns but its key, shared by the table and its removed rows."""
+
+    ticket_id: Mapped[int | None] = mapped_column(Integer)
+    comment_text: Mapped[str | None] = mapped_column(Text)
+    user_id: Mapped[str | None] = mapped_column(Text)
+    user_name: Mapped[str | None] = mapped_column(Text)
+    owner_type: Mapped[str | None] = mapped_column(Text)
+    created_time: Mapped[datetime | None] = mapped_column(DateTime)
+    visible_to_customer: Mapped[str | None] = mapped_column(Text)
+    comment_type: Mapped[str | None] = mapped_column(Text)
+    team: Mapped[str | None] = mapped_column(Text)
+
+
+class Comment(_CommentColumns, Base):
     """One ticket comment."""
 
     __tablename__ = "comments"
@@ -197,15 +217,6 @@ class Comment(Base):
     )
 
     comment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    ticket_id: Mapped[int | None] = mapped_column(Integer)
-    comment_text: Mapped[str | None] = mapped_column(Text)
-    user_id: Mapped[str | None] = mapped_column(Text)
-    user_name: Mapped[str | None] = mapped_column(Text)
-    owner_type: Mapped[str | None] = mapped_column(Text)
-    created_time: Mapped[datetime | None] = mapped_column(DateTime)
-    visible_to_customer: Mapped[str | None] = mapped_column(Text)
-    comment_type: Mapped[str | None] = mapped_column(Text)
-    team: Mapped[str | None] = mapped_column(Text)
 
     ticket: Mapped[Ticket | None] = relationship(
         primaryjoin=lambda: foreign(Comment.ticket_id) == Ticket.ticket_id,
@@ -257,6 +268,9 @@ class EtlRun(Base):
     source: Mapped[str | None] = mapped_column(Text)
     warnings: Mapped[str | None] = mapped_column(Text)
     latest_source_time: Mapped[datetime | None] = mapped_column(DateTime)
+    # Records older (by modified time) than the row held, and rows moved out by a reconcile.
+    stale: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    removed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     rejects: Mapped[list[EtlReject]] = relationship(back_populates="run", viewonly=True)
 
@@ -277,3 +291,48 @@ class EtlReject(Base):
     raw_record: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[EtlRun] = relationship(back_populates="rejects", viewonly=True)
+
+
+# --- rows a reconcile moved out of the live tables (otc_pipeline.removal) --------------
+
+
+class _Removed:
+    """Which run moved a row out of its live table, when (naive UTC, as etl_metadata) and why.
+
+    No key of the live table here: the same key may be removed, loaded again and
+    removed again, each time a row of its own.
+    """
+
+    removed_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # etl_metadata.id, without a foreign key: `otc prune` may remove the run record,
+    # never the rows the run moved out.
+    removed_run_id: Mapped[int] = mapped_column(Integer)
+    removed_at: Mapped[datetime] = mapped_column(DateTime)
+    removed_reason: Mapped[str] = mapped_column(Text)
+
+
+class TicketRemoved(_TicketColumns, _Removed, Base):
+    """A ticket a reconcile moved out of tickets; `otc removed restore` puts it back."""
+
+    __tablename__ = "tickets_removed"
+    __table_args__ = (Index("idx_tickets_removed_run", "removed_run_id"),)
+
+    ticket_id: Mapped[int] = mapped_column("TKT-Ticket ID", Integer, autoincrement=False)
+
+
+class TimesheetRemoved(_TimesheetColumns, _Removed, Base):
+    """A timesheet a reconcile moved out of timesheets, with its id (restored under it)."""
+
+    __tablename__ = "timesheets_removed"
+    __table_args__ = (Index("idx_timesheets_removed_run", "removed_run_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, autoincrement=False)
+
+
+class CommentRemoved(_CommentColumns, _Removed, Base):
+    """A comment a reconcile moved out of comments."""
+
+    __tablename__ = "comments_removed"
+    __table_args__ = (Index("idx_comments_removed_run", "removed_run_id"),)
+
+    comment_id: Mapped[int] = mapped_column(Integer, autoincrement=False)

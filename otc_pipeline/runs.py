@@ -206,8 +206,14 @@ def close_run(
     warnings: list[str],
     error: str | None,
     latest_source_time: datetime | None,
+    stale: int = 0,
+    removed: int = 0,
 ) -> None:
-    """Close a run with its final status and counts."""
+    """Close a run with its final status and counts.
+
+    ``stale``: records older (by modified time) than the row held, not applied;
+    ``removed``: rows a reconcile moved to ``<table>_removed``.
+    """
     now = utcnow()
     with transaction(engine) as conn:
         conn.execute(
@@ -226,6 +232,8 @@ def close_run(
                 records_duplicates=duplicates,
                 records_rejected=rejected,
                 records_errors=rejected,
+                stale=stale,
+                removed=removed,
                 warnings="\n".join(warnings) or None,
                 error_message=error,
                 latest_source_time=latest_source_time,

@@ -35,6 +35,8 @@ USAGE_MISTAKES: dict[str, tuple[list[str], str]] = {
     "unknown view to load": (["load", "widgets", "--from", "."], "unknown view 'widgets'"),
     "unknown view in runs": (["runs", "--view", "bogus"], "unknown view 'bogus'"),
     "unknown run in rejects": (["rejects", "--run", "999"], "there is no run 999"),
+    "unknown run in removed": (["removed", "--run", "999"], "there is no run 999"),
+    "unknown run to restore": (["removed", "restore", "--run", "999"], "there is no run 999"),
     "unknown revision": (["db", "downgrade", "bogus_rev"], "unknown revision 'bogus_rev'"),
     "unknown upgrade revision": (["db", "upgrade", "bogus_rev"], "unknown revision 'bogus_rev'"),
     "missing export": (["load", "tickets", "--from", "nope.json"], "nope.json does not exist"),
@@ -141,6 +143,7 @@ READ_ONLY = [
     ["status", "--check"],
     ["runs"],
     ["rejects"],
+    ["removed"],
     ["users", "list"],
     ["db", "current"],
 ]
@@ -386,6 +389,8 @@ RUN = _object(
         "unchanged": MAYBE_COUNT,
         "duplicates": MAYBE_COUNT,
         "rejected": MAYBE_COUNT,
+        "stale": COUNT,
+        "removed": COUNT,
         "latest_source_time": TIME,
         "warnings": {"type": "array", "items": TEXT},
         "error": MAYBE_TEXT,
@@ -404,6 +409,9 @@ STATUS_VIEW = _object(
         "age_hours": {"type": ["number", "null"]},
         "stale": {"type": "boolean"},
         "latest_source_time": TIME,
+        "last_removal_run_id": MAYBE_COUNT,
+        "last_removal_at": TIME,
+        "last_removal_rows": MAYBE_COUNT,
     },
     closed=False,  # the freshness verdict rides along
 )
@@ -418,6 +426,17 @@ REJECT = _object(
         "record": {"type": ["object", "null"]},
     }
 )
+REMOVED_ROW = _object(
+    {
+        "view": TEXT,
+        "run_id": COUNT,
+        "removed_id": COUNT,
+        "removed_at": TIME,
+        "reason": TEXT,
+        "key": {"type": "object"},
+        "row": {"type": "object"},
+    }
+)
 USER = {"type": "object", "required": ["short_username", "full_name"]}
 DB_RESULT = _object({"database": TEXT, "message": TEXT})
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -425,6 +444,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "status --check": _listing("views", {"type": "object", "required": ["view", "state"]}),
     "runs": _listing("runs", RUN),
     "rejects": _listing("rejects", REJECT, run_id=MAYBE_COUNT),
+    "removed": _listing("removed", REMOVED_ROW, run_id=MAYBE_COUNT),
     "users list": _listing("users", USER),
     "users conflicts": _listing("conflicts", {"type": "object"}),
     "users refresh": _object(
