@@ -597,8 +597,11 @@ def _summary_line(summary: Any, database: str | None = None) -> str:
     line = (
         f"{summary.view}: {verb} — {summary.fetched:,} fetched: {summary.inserted:,} inserted, "
         f"{summary.updated:,} updated, {summary.unchanged:,} unchanged, "
-        f"{summary.duplicates:,} duplicates, {summary.rejected:,} rejected "
-        f"in {summary.duration_s:.1f} s"
+        f"{summary.duplicates:,} duplicates, "
+        + (f"{summary.stale:,} stale (older than the rows held), " if summary.stale else "")
+        + f"{summary.rejected:,} rejected"
+        + (f"; {summary.removed:,} removed (`otc removed`)" if summary.removed else "")
+        + f" in {summary.duration_s:.1f} s"
     )
     where = [f"run {summary.run_id}"] if summary.run_id is not None else []
     if database:
@@ -740,6 +743,36 @@ def load(
             "end instead of exiting 75 at once.",
         ),
     ] = 0,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="The source is complete for its range (timesheets by TS-Date, comments by "
+            "created time, tickets by TKT-Created Time): rows held in that range that it "
+            "lacks were deleted or re-keyed in OTC, and move to <table>_removed "
+            "(`otc removed`). Nothing moves if any record was rejected.",
+        ),
+    ] = False,
+    reconcile_range: Annotated[
+        str | None,
+        typer.Option(
+            "--range",
+            metavar="FROM..TO",
+            help="With --reconcile: the dates the source is complete for, both included "
+            "(default: from its earliest to its latest).",
+            show_default=False,
+        ),
+    ] = None,
+    max_removed: Annotated[
+        int | None,
+        typer.Option(
+            "--max-removed",
+            metavar="ROWS",
+            help="With --reconcile: fail the view, changing nothing, if more rows would "
+            "leave (default: 5% of the rows in range).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Load a view (or all) into the database: exit 0 loaded, 3 loaded with rejects, 1 failed.
 
@@ -813,6 +846,9 @@ def load(
                 encoding=encoding,
                 wait_s=wait,
                 on_wait=waiting,
+                reconcile=reconcile,
+                reconcile_range=reconcile_range,
+                max_removed=max_removed,
             )
         except Stopped as exc:
             # What ran before the signal is still reported: committed views stay committed.

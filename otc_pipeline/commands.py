@@ -24,6 +24,7 @@ from .errors import (
     SchemaNotReady,
 )
 from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
+from .reconcile import Reconcile, parse_range
 from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
 from .sources.files import ReadOptions
 from .views import VIEW_ORDER, VIEWS
@@ -230,6 +231,25 @@ def db_adopt(database_url: str | None, *, dry_run: bool = False) -> str:
 # --- load and its records ----------------------------------------------------------------
 
 
+def _reconcile_request(
+    view: str, reconcile: bool, reconcile_range: str | None, max_removed: int | None
+) -> Reconcile | None:
+    """What --reconcile, --range and --max-removed ask for (None: no reconcile)."""
+    if not reconcile:
+        if reconcile_range is not None or max_removed is not None:
+            raise ConfigError("--range and --max-removed go with --reconcile; add --reconcile")
+        return None
+    if view == "all":
+        raise ConfigError(
+            "--reconcile takes one view: each source is complete for its own range "
+            "(e.g. `otc load timesheets --from api --reconcile`)"
+        )
+    if max_removed is not None and max_removed < 0:
+        raise ConfigError("--max-removed must be 0 or more")
+    chosen = parse_range(reconcile_range) if reconcile_range is not None else None
+    return Reconcile(range=chosen, max_removed=max_removed)
+
+
 def load(
     database_url: str | None,
     view: str,
@@ -244,12 +264,16 @@ def load(
     encoding: str | None = None,
     wait_s: float = 0.0,
     on_wait: Callable[[str], None] | None = None,
+    reconcile: bool = False,
+    reconcile_range: str | None = None,
+    max_removed: int | None = None,
 ) -> list[pipeline.RunSummary]:
     """Load one view, or all, from a file, a folder of exports, or the OTC API."""
     options = ReadOptions(
         sheet=sheet, delimiter=delimiter, encoding=encoding, date_order=_date_order(date_order)
     ).checked()
     check_view(view, allow_all=True)
+    request = _reconcile_request(view, reconcile, reconcile_range, max_removed)
     if source != "api":
         path = Path(source)
         if not path.exists():
@@ -305,6 +329,7 @@ def load(
                 options=options,
                 wait_s=wait_s,
                 on_wait=on_wait,
+                reconcile=request,
             )
         ]
 

@@ -29,13 +29,14 @@ from .errors import TemporaryRefusal
 from .merge import Merge, Written, is_empty, lock_target
 from .models import EtlReject
 from .parse import Reject
+from .reconcile import Reconcile, reconcile
 from .stage import Stage, temporary_table
 from .views import View
 
 
 @dataclass
 class LoadCounts:
-    """Exact counts of one load; fetched == the sum of the other six.
+    """Exact counts of one load; fetched == the sum of the six after it.
 
     ``stale``: records older, by the view's modified time, than the row the table
     holds (the row stays as it is).
@@ -48,6 +49,8 @@ class LoadCounts:
     duplicates: int = 0
     stale: int = 0
     rejected: int = 0
+    # Rows held that a reconciled source lacks, moved to <table>_removed (not among fetched).
+    removed: int = 0
 
 
 class TableFilled(TemporaryRefusal):
@@ -79,12 +82,20 @@ def table_looks_empty(conn: Connection, view: View) -> bool:
     return empty
 
 
-def start_load(conn: Connection, view: View, run_id: int | None, *, merge_as_read: bool) -> Load:
+def start_load(
+    conn: Connection,
+    view: View,
+    run_id: int | None,
+    *,
+    merge_as_read: bool,
+    reconcile: Reconcile | None = None,
+) -> Load:
     """The way to load ``view``: a first load if the table is empty and the source may
-    be merged as it is read (a file), else a load that merges at the end."""
+    be merged as it is read (a file), else a load that merges at the end (and may
+    reconcile: an empty table holds nothing to remove)."""
     if merge_as_read and table_looks_empty(conn, view):
         return FirstLoad(conn, view, run_id)
-    return MergeAtEnd(conn, view, run_id)
+    return MergeAtEnd(conn, view, run_id, reconcile)
 
 
 class Load:
@@ -102,6 +113,7 @@ class Load:
         self.run_id = run_id
         self.counts = LoadCounts()
         self.latest_source_time: datetime | None = None
+        self.warnings: list[str] = []  # for the run's summary
         # Merged by position ranges at the end: positions are indexed.
         self.stage = Stage(conn, view, indexed=self.takes_any_order)
         # Rows not compared with the table before the merge keep a newer held row.
@@ -274,8 +286,11 @@ class MergeAtEnd(Load):
 
     takes_any_order = True
 
-    def __init__(self, conn: Connection, view: View, run_id: int | None) -> None:
+    def __init__(
+        self, conn: Connection, view: View, run_id: int | None, reconcile: Reconcile | None
+    ) -> None:
         super().__init__(conn, view, run_id)
+        self.reconcile = reconcile
         self._chunks: list[_Chunk] = []
         self._column_sets: set[int] = set()
         self._staged_rows = 0
@@ -288,7 +303,23 @@ class MergeAtEnd(Load):
     def finish_merging(self) -> None:
         lock_target(self.conn, self.view)
         if not self._chunks:
+            if self.reconcile is not None:
+                self.warnings.append("--reconcile removed nothing: the source held no rows")
             return
+        self._merge_all()
+        if self.reconcile is not None:
+            outcome = reconcile(
+                self.conn,
+                self.view,
+                self.stage,
+                self.reconcile,
+                run_id=self.run_id,
+                rejected=self.counts.rejected,
+            )
+            self.counts.removed = outcome.removed
+            self.warnings.extend(outcome.warnings or [])
+
+    def _merge_all(self) -> None:
         merge = self.merge
         # Repeats within a chunk were dropped as it was read.
         maybe_repeats = self._maybe_repeats if len(self._chunks) > 1 else set()

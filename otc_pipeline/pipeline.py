@@ -40,6 +40,7 @@ from .reading import (
     whole,
 )
 from .readmeter import ReadMeter
+from .reconcile import Reconcile
 from .refusals import database_failure
 from .settings import date_order_setting, timezone_name
 from .sources.files import ReadOptions
@@ -171,11 +172,14 @@ def load_view(
     options: ReadOptions | None = None,
     wait_s: float = 0.0,
     on_wait: Callable[[str], None] | None = None,
+    reconcile: Reconcile | None = None,
 ) -> RunSummary:
     """Load one view from ``source`` (a file, "api", or an iterable of records).
 
     ``options`` says how to read an unusual export (sheet, delimiter, encoding,
-    date order); the date order defaults to OTC_DATE_ORDER.
+    date order); the date order defaults to OTC_DATE_ORDER. With ``reconcile``
+    the source is taken as complete for a range: rows held in it that the source
+    lacks move to ``<table>_removed`` (see reconcile.py).
 
     Given a Connection inside a transaction (the ``otc_load`` test fixture does
     this), everything runs in SAVEPOINTs on it and nothing is committed.
@@ -188,6 +192,12 @@ def load_view(
     view = known_view(view_name)
     if chunk_size < 1:
         raise ConfigError("--chunk-size must be at least 1")
+    if reconcile is not None and is_api(source) and not view.api_complete:
+        raise ConfigError(
+            f"--reconcile refused: the API's {view.name} view is a window of modified times, "
+            f"complete for no range of {view.columns[view.reconcile_by or '']!r}; reconcile "
+            f"{view.name} with a full export file instead"
+        )
     options = replace(
         options or ReadOptions(),
         header_fields=tuple(view.columns[k] for k in view.key if view.columns[k] in view.required),
@@ -208,14 +218,14 @@ def load_view(
                 raise SchemaNotReady(
                     "--dry-run needs a database at head; run `otc db upgrade` (or adopt) first"
                 )
-            return _run(engine, plan, None, progress, guard, engine)
+            return _run(engine, plan, None, progress, guard, engine, reconcile)
         ensure_schema(engine)
         # The load runs on the lock's own connection: the lock ends exactly when it does.
         with runs.view_lock(engine, view.name, wait_s=wait_s, on_wait=on_wait) as conn:
             # A signal during these few statements waits: the run it opens is then closed.
             with stopping.held():
                 run_id = runs.open_run(conn, view.name, plan.source_text)
-            return _run(conn, plan, run_id, progress, guard, engine)
+            return _run(conn, plan, run_id, progress, guard, engine, reconcile)
 
 
 def known_view(name: str) -> View:
@@ -232,6 +242,7 @@ def _run(
     progress: Progress | None,
     guard: stopping.Guard,
     closer: Engine | Connection,
+    reconcile: Reconcile | None = None,
 ) -> RunSummary:
     """Load the view on ``engine`` (the view lock's connection) and record the run.
 
@@ -258,6 +269,7 @@ def _run(
         """The summary of a load about to commit (or a dry run about to roll back)."""
         _copy_counts(summary, load)
         summary.latest_source_time = load.latest_source_time
+        summary.warnings.extend(load.warnings)
         if unknown_fields:
             names = ", ".join(repr(name) for name in sorted(unknown_fields))
             summary.warnings.insert(0, f"unknown fields ignored: {names}")
@@ -291,7 +303,9 @@ def _run(
         transaction = conn.begin_nested() if conn.in_transaction() else conn.begin()
         try:
             # An API source can trickle or back off: it merges only at the end.
-            load = start_load(conn, view, run_id, merge_as_read=not is_api(plan.source))
+            load = start_load(
+                conn, view, run_id, merge_as_read=not is_api(plan.source), reconcile=reconcile
+            )
             if load.takes_any_order and plan.halves is None and may_split:
                 plan = in_halves(plan)
             meter = None
@@ -362,7 +376,8 @@ def _run(
         if load is not None:
             _copy_counts(summary, load)
         # Counts of a failed run describe what was read, not what was written.
-        summary.inserted = summary.updated = summary.unchanged = 0
+        summary.inserted = summary.updated = summary.unchanged = summary.stale = 0
+        summary.removed = 0
         summary.duration_s = round(time.monotonic() - started, 3)
         with stopping.held():
             _close_failed_run(closer, summary)
@@ -449,7 +464,9 @@ def _close_run(engine: Engine | Connection, summary: RunSummary) -> None:
         updated=summary.updated,
         unchanged=summary.unchanged,
         duplicates=summary.duplicates,
+        stale=summary.stale,
         rejected=summary.rejected,
+        removed=summary.removed,
         duration_s=summary.duration_s,
         warnings=summary.warnings,
         error=summary.error,

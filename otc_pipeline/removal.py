@@ -22,7 +22,6 @@ from sqlalchemy import (
     DateTime,
     FromClause,
     Integer,
-    MetaData,
     Table,
     Text,
     and_,
@@ -37,6 +36,7 @@ from .errors import OtcError
 from .merge import ONE_HASH_JOIN, key_match, planned
 from .models import CommentRemoved, TicketRemoved, TimesheetRemoved
 from .runs import utcnow
+from .stage import temporary_table
 from .views import VIEW_ORDER, VIEWS, View
 
 REMOVAL_COLUMNS = ("removed_id", "removed_run_id", "removed_at", "removed_reason")
@@ -227,22 +227,7 @@ def restore(conn: Connection, run_id: int) -> dict[str, RestoreResult]:
 
 def _temporary_ids(conn: Connection, name: str) -> Table:
     """An empty temporary table of removed_ids, dropped by the caller (PostgreSQL: at commit)."""
-    options: dict[str, Any] = (
-        {"postgresql_on_commit": "DROP"} if conn.dialect.name == "postgresql" else {}
-    )
-    table = Table(
-        name,
-        MetaData(),
-        Column("removed_id", BigInteger, primary_key=True),
-        prefixes=["TEMPORARY"],
-        **options,
-    )
-    if conn.dialect.name == "sqlite":
-        # A pooled SQLite connection keeps temporary tables past a rolled-back restore.
-        quoted = conn.dialect.identifier_preparer.quote(name)
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{quoted}")
-    table.create(conn)
-    return table
+    return temporary_table(conn, name, Column("removed_id", BigInteger, primary_key=True))
 
 
 def latest_removal_run(conn: Connection, view: str | None = None) -> int | None:

@@ -30,6 +30,11 @@ class View:
     ticket_reference: str | None = None  # column key naming the row's ticket
     # The view's rows carry user names and ids: the one reliable source for user_lookup.
     refreshes_user_lookup: bool = False
+    # Column key of the range a complete source is the truth for (see reconcile.py).
+    reconcile_by: str | None = None
+    # Whether the API's view is complete for a range of reconcile_by (tickets: it is a
+    # window of modified times, complete for no range of creation times).
+    api_complete: bool = True
 
     @property
     def columns(self) -> dict[str, str]:
@@ -70,6 +75,8 @@ TICKETS = View(
     source_time_field="TKT-Modified Time",
     required=("TKT-Ticket ID",),
     modified_time="TKT-Modified Time",
+    reconcile_by="TKT-Created Time",
+    api_complete=False,
 )
 
 TIMESHEETS = View(
@@ -87,6 +94,7 @@ TIMESHEETS = View(
     modified_time="TS-Modified Time",
     ticket_reference="TS-Crm ID",
     refreshes_user_lookup=True,
+    reconcile_by="TS-Date",
 )
 
 COMMENTS = View(
@@ -109,6 +117,7 @@ COMMENTS = View(
     source_time_field="TKTCT-Created Time",
     required=("TKTCT-CommentID",),
     ticket_reference="ticket_id",
+    reconcile_by="created_time",
 )
 
 VIEWS: dict[str, View] = {v.name: v for v in (TICKETS, TIMESHEETS, COMMENTS)}
