@@ -77,7 +77,7 @@ def reconcile(
     column = view.reconcile_by
     assert column is not None
     field = view.columns[column]
-    if False:
+    if rejected:
         return Outcome(
             warnings=[
                 f"--reconcile removed nothing: {rejected:,} records were rejected, so the "
