@@ -28,6 +28,7 @@ from sqlalchemy.types import DateTime, NullType, TypeEngine
 
 from . import models
 from .db import schema_name
+from .errors import first_line
 
 LEGACY_TABLES = ("tickets", "timesheets", "comments", "user_lookup", "etl_metadata")
 # Tables only otc-pipeline's migrations create: finding them without a version
@@ -213,7 +214,7 @@ def _values_lost(conn: Connection, conversion: Conversion) -> tuple[int | None, 
         with conn.begin_nested():
             return int(conn.execute(query).scalar() or 0), ""
     except DBAPIError as exc:
-        return None, str(exc.orig).splitlines()[0]
+        return None, first_line(exc)
 
 
 def _converted(legacy: Any, conversion: Conversion) -> Any:

@@ -27,7 +27,7 @@ from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
 from .reconcile import Reconcile, parse_range
 from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
 from .sources.files import ReadOptions
-from .views import VIEW_ORDER, VIEWS
+from .views import VIEW_ORDER, VIEWS, known_view
 
 
 def missing_sqlite_file(setting: DatabaseSetting) -> Path | None:
@@ -91,10 +91,8 @@ def _database(
 
 def check_view(view: str | None, *, allow_all: bool = False) -> None:
     """Refuse a view name that is not one of ours (a usage error, before any database work)."""
-    if view is None or view in VIEWS or (allow_all and view == "all"):
-        return
-    choices = ", ".join(VIEW_ORDER) + (" or all" if allow_all else "")
-    raise NotFound(f"unknown view {view!r}; use one of {choices}")
+    if view is not None and not (allow_all and view == "all"):
+        known_view(view, or_all=allow_all)
 
 
 def _check_revision(revision: str) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from .errors import DatabaseBusy, DatabaseUnreachable
+from .errors import DatabaseBusy, DatabaseUnreachable, first_line
 from .models import SCHEMA
 from .settings import DatabaseSetting, mask_url
 
@@ -117,7 +117,7 @@ def connect_engine(setting: DatabaseSetting) -> Engine:
             pass
     except (OperationalError, DBAPIError) as exc:
         engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        reason = first_line(exc)
         variable = {
             "--database-url": "--database-url",
             "OTC_DATABASE_URL": "OTC_DATABASE_URL",

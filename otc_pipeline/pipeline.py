@@ -44,7 +44,7 @@ from .reconcile import Reconcile
 from .refusals import database_failure
 from .settings import date_order_setting, timezone_name
 from .sources.files import ReadOptions
-from .views import VIEW_ORDER, VIEWS, View
+from .views import VIEW_ORDER, View, known_view
 
 # Measured on 100k timesheets (first load / reload): 5k 1.86 / 1.50 s, 10k 1.89 / 1.42 s,
 # 20k 1.94 / 1.54 s. First loads were within noise; 10k gave the fastest reload.
@@ -189,7 +189,7 @@ def load_view(
     held by another load raises LoadLocked at once, or after waiting up to
     ``wait_s`` seconds for that load to end (``on_wait`` hears that it waits).
     """
-    view = known_view(view_name)
+    view = known_view(view_name, or_all=True)
     if chunk_size < 1:
         raise ConfigError("--chunk-size must be at least 1")
     if reconcile is not None and is_api(source) and not view.api_complete:
@@ -226,13 +226,6 @@ def load_view(
             with stopping.held():
                 run_id = runs.open_run(conn, view.name, plan.source_text)
             return _run(conn, plan, run_id, progress, guard, engine, reconcile)
-
-
-def known_view(name: str) -> View:
-    """The view of this name, or the one error every command gives for another name."""
-    if name not in VIEWS:
-        raise ConfigError(f"unknown view {name!r}; use one of {', '.join(VIEW_ORDER)} or all")
-    return VIEWS[name]
 
 
 def _run(

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Table
 
+from .errors import NotFound
 from .models import TIMESHEETS_SQLITE_KEY, Comment, Ticket, Timesheet
 
 
@@ -123,3 +124,15 @@ COMMENTS = View(
 VIEWS: dict[str, View] = {v.name: v for v in (TICKETS, TIMESHEETS, COMMENTS)}
 # `otc load all` order: tickets first, so timesheets and comments find their tickets.
 VIEW_ORDER = ("tickets", "timesheets", "comments")
+
+
+def known_view(name: str, *, or_all: bool = False) -> View:
+    """The view of this name; the one error every command gives for another name.
+
+    An unknown view is a usage error (exit 2); ``or_all``: the command also takes "all".
+    """
+    if name not in VIEWS:
+        choices = ", ".join(VIEW_ORDER) + (" or all" if or_all else "")
+        raise NotFound(f"unknown view {name!r}; use one of {choices}")
+    return VIEWS[name]
+

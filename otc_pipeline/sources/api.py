@@ -55,9 +55,9 @@ from tenacity import (
 )
 
 from .. import __version__
-from ..errors import ApiError, ApiRejected, ApiUnavailable, ConfigError
+from ..errors import ApiError, ApiRejected, ApiUnavailable, ConfigError, first_line
 from ..settings import mask_url_text, parses_cleanly
-from ..views import VIEWS
+from ..views import known_view
 from .json_guard import JsonGuard
 
 SourceRecord = tuple[int, dict[str, Any]]
@@ -426,17 +426,12 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _transport_reason(exc: httpx.TransportError, settings: ApiSettings) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"no answer within OTC_API_TIMEOUT_S={settings.timeout_s:g} s ({type(exc).__name__})"
     if isinstance(exc, httpx.RemoteProtocolError):
-        return f"the connection was dropped ({_first_line(exc)})"
-    return f"connection failed ({type(exc).__name__}: {_first_line(exc)})"
+        return f"the connection was dropped ({first_line(exc)})"
+    return f"connection failed ({type(exc).__name__}: {first_line(exc)})"
 
 
 def _deadline_reason(settings: ApiSettings) -> str:
@@ -505,7 +500,7 @@ class _Body:
         except httpx.DecodingError as exc:
             # A gzip or deflate body that does not decode: a failed fetch, like bad JSON.
             raise ApiError(
-                f"the OTC API answered a body that does not decode ({_first_line(exc)}); "
+                f"the OTC API answered a body that does not decode ({first_line(exc)}); "
                 "nothing of the view is loaded, try again later and report it to the OTC "
                 "team if it persists"
             ) from None
@@ -592,7 +587,7 @@ class _Body:
 
     def _malformed(self, exc: Exception) -> str:
         return (
-            f"the OTC API answered malformed JSON ({_first_line(exc)}); nothing of the view "
+            f"the OTC API answered malformed JSON ({first_line(exc)}); nothing of the view "
             "is loaded, try again later and report it to the OTC team if it persists"
         )
 
@@ -786,9 +781,7 @@ def fetch_view(
     With ``breaker=False`` (``otc api check --ping``) the circuit breaker is neither
     consulted nor changed; pacing and the hourly cap still apply.
     """
-    view = VIEWS.get(view_name)
-    if view is None:
-        raise ConfigError(f"unknown view {view_name!r}; use one of {', '.join(VIEWS)}")
+    view = known_view(view_name)
     settings.require_credentials()
     return _fetch(view_name, view.guid, settings, stats or FetchStats(), breaker)
 

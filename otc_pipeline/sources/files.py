@@ -36,7 +36,7 @@ from typing import Any, cast
 import ijson
 
 from .. import names
-from ..errors import ConfigError, SourceError
+from ..errors import ConfigError, SourceError, first_line
 from .json_guard import GuardedFile, JsonGuard
 
 SourceRecord = tuple[int, dict[str, Any]]
@@ -251,7 +251,7 @@ def _json_error(path: Path, f: Any, exc: Exception) -> SourceError:
         where = f" after reading {read:,} of {size:,} bytes"
     except (OSError, ValueError):
         where = ""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = first_line(exc)
     return SourceError(
         f"{path}: JSON is truncated or malformed{where} (ijson: {detail}); "
         "re-export or download the file again"
@@ -923,7 +923,7 @@ def _column_number(letters: bytes) -> int:
 
 
 def _cannot_open(path: Path, exc: Exception) -> SourceError:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = first_line(exc)
     return SourceError(
         f"{path}: cannot be opened as an XLSX workbook ({detail}); "
         "check it is an .xlsx export and not damaged"

@@ -116,7 +116,9 @@ def otc_engine(otc_database_url: str) -> Iterator[Engine]:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except DBAPIError as exc:
         admin.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        from otc_pipeline.errors import first_line
+
+        reason = first_line(exc)
         _fail(
             f"cannot create a database on {shown}: {reason}; pass {OPTION} (or set {ENV_VAR}) "
             "to a PostgreSQL server where this user may CREATE DATABASE"
