@@ -665,7 +665,7 @@ def main() -> None:
         # Each measurement runs --repeat times, each first load and old-loader run on a
         # fresh database; the medians are reported (this machine varies by ±15%).
         load_args = [*OTC, "load", "timesheets", "--from", str(path), "--json"]
-        firsts, reloads, olds, written_reload = [], [], [], 0
+        firsts, reloads, reconciles, olds, written_reload = [], [], [], [], 0
         for _ in range(args.repeat):
             ours = _fresh(server, args.server)
             url = url_for(args.server, ours)
@@ -673,6 +673,8 @@ def main() -> None:
             before = written_rows(dsn_for(args.server, ours))
             reloads.append(run_measured([*load_args, "--database-url", url], env))
             written_reload = max(written_reload, written_rows(dsn_for(args.server, ours)) - before)
+            # The same identical reload, reconciled: what the anti-join with the stage costs.
+            reconciles.append(run_measured([*load_args, "--database-url", url, "--reconcile"], env))
             old_db = _fresh(server, args.server)
             olds.append(
                 run_measured(
@@ -681,6 +683,7 @@ def main() -> None:
             )
         first = median_run(firsts, lambda r: json.loads(r.stdout)["duration_s"])
         reload = median_run(reloads, lambda r: json.loads(r.stdout)["duration_s"])
+        reconciled = median_run(reconciles, lambda r: json.loads(r.stdout)["duration_s"])
         old = median_run(olds, lambda r: json.loads(r.stdout)["seconds"])
         summary, resummary = json.loads(first.stdout), json.loads(reload.stdout)
 
@@ -707,6 +710,12 @@ def main() -> None:
         print(
             f"reload       : {rows / reload_s:>9,.0f} rows/s ({reload_s:.2f} s; process {reload.seconds:.2f} s; "
             f"rows written: {written_reload}; {resummary['unchanged']:,} unchanged)"
+        )
+        reconcile_s = json.loads(reconciled.stdout)["duration_s"]
+        print(
+            f"reconcile    : {rows / reconcile_s:>9,.0f} rows/s ({reconcile_s:.2f} s: the identical "
+            f"reload with --reconcile, {reconcile_s - reload_s:+.2f} s on the reload; "
+            f"{json.loads(reconciled.stdout)['removed']} removed)"
         )
         print(
             f"old loader   : {rows / old_s:>9,.0f} rows/s ({old_s:.2f} s; process {old.seconds:.2f} s, "
@@ -736,6 +745,7 @@ def main() -> None:
             reload_rps=round(rows / reload_s),
             reload_ratio=round(reload_s / first_s, 2),
             reload_written=written_reload,
+            reconcile_s=reconcile_s,
             old_rps=round(rows / old_s),
             copy_rps=round(copied / copy_seconds),
             reading_rps=round(rows / reading),
@@ -769,6 +779,9 @@ def main() -> None:
             big_load = [*OTC, "load", "timesheets", "--from", str(big), "--database-url", timed_url]
             big_first = json.loads(run_measured([*big_load, "--json"], env).stdout)["duration_s"]
             big_reload = json.loads(run_measured([*big_load, "--json"], env).stdout)["duration_s"]
+            big_reconcile = json.loads(
+                run_measured([*big_load, "--json", "--reconcile"], env).stdout
+            )["duration_s"]
             # The reload reads in two halves: three processes. Its memory, from another
             # identical reload (PSS is read only in a run that is not timed).
             reloaded = run_measured([*big_load, "--json"], env, pss=True)
@@ -776,6 +789,10 @@ def main() -> None:
                 f"big reload   : {args.big_rows / big_reload:,.0f} rows/s ({big_reload:.1f} s, "
                 f"{big_reload / big_first:.2f}x the big first load's {big_first:.1f} s); "
                 f"peak RSS {reloaded.peak_rss_mb:.0f} MB (PSS {reloaded.peak_pss_mb:.0f} MB)"
+            )
+            print(
+                f"big reconcile: {big_reconcile:.1f} s (the identical big reload with "
+                f"--reconcile, {big_reconcile - big_reload:+.1f} s on it)"
             )
             print(
                 f"big load     : {args.big_rows:,} rows, {size:.0f} MB JSON (made in {gen:.0f} s): "
@@ -790,6 +807,7 @@ def main() -> None:
                 big_rps=round(args.big_rows / run.seconds),
                 big_first_s=big_first,
                 big_reload_s=big_reload,
+                big_reconcile_s=big_reconcile,
                 big_reload_peak_rss_mb=round(reloaded.peak_rss_mb),
                 big_reload_peak_pss_mb=round(reloaded.peak_pss_mb),
             )
