@@ -46,8 +46,8 @@ class LoadCounts:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
-    duplicates: int = 0
     stale: int = 0
+    duplicates: int = 0
     rejected: int = 0
     # Rows held that a reconciled source lacks, moved to <table>_removed (not among fetched).
     removed: int = 0

@@ -299,8 +299,10 @@ def test_json_summary_keys_come_in_the_documented_order(tmp_path: Path) -> None:
         "inserted",
         "updated",
         "unchanged",
+        "stale",
         "duplicates",
         "rejected",
+        "removed",
         "duration_s",
         "database",
     ]
