@@ -4,6 +4,7 @@ and rejects as one reader, and a wrong guess of the middle is found out and read
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from otc_pipeline import pipeline, reading
 from otc_pipeline.errors import SourceError
 from otc_pipeline.models import EtlReject, EtlRun, Ticket, Timesheet
 from otc_pipeline.sources import files
+from otc_pipeline.sources.records import RefusedRecord
 
 ENVELOPES = {
     "message": lambda body: '{"message": {"data": [\n' + body + "\n]}}\n",
@@ -74,6 +76,86 @@ def test_the_two_halves_hold_every_record_once_in_order(
     assert [p for p, _ in read_second] == list(range(1000, 1000 + len(read_second)))
     assert 100 < len(read_first) < 200  # near the middle
     assert [r for _, r in read_first + read_second] == [r for _, r in files.read_file(path)]
+
+
+def _nested_note(rng: random.Random, depth: int) -> Any:
+    """An honest nested value whose strings hold what the guard's structure is made of."""
+    kind = rng.randrange(6 if depth < 4 else 3)
+    if kind == 0:
+        return rng.randrange(-(10**12), 10**12)
+    if kind == 1:
+        alphabet = 'a }{][:,"\\/\n\u00e9\U0001f600'
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+    if kind == 2:
+        return rng.choice([None, True, False, "}, {", '": "', '}, {"TS-User Username": '])
+    if kind in (3, 4):
+        # Nested objects may reuse the record's field names: only the record's own count.
+        names = ["a", "b:", "}{", '"q"', "TS-Date", "TS-Notes"]
+        return {
+            rng.choice(names) + str(k): _nested_note(rng, depth + 1)
+            for k in range(rng.randrange(0, 4))
+        }
+    return [_nested_note(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+
+
+def _read_in_random_cuts(monkeypatch: pytest.MonkeyPatch, rng: random.Random) -> None:
+    """Every JSON part is read in reads of random sizes, as chunk boundaries fall anywhere."""
+    read = files._SplicedFile.read
+
+    def cut(self: Any, size: int = -1) -> bytes:
+        wanted = rng.choice([1, 2, 7, 64, 500, 4096, 20000, 65536])
+        return read(self, wanted if size < 0 else min(size, wanted))
+
+    monkeypatch.setattr(files._SplicedFile, "read", cut)
+
+
+def _whole_and_halves(path: Path) -> tuple[list[Any], list[Any], list[Any]]:
+    split = files.split_json(path, 0)
+    assert split is not None
+    first, second = split
+    return (
+        [r for _, r in files.read_file(path)],
+        [r for _, r in files.read_json_part(first, 1)],
+        [r for _, r in files.read_json_part(second, 1)],
+    )
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_honest_nested_records_are_never_refused_however_split_and_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # Chunks of records with nested values are walked by the guard (its depth bound is
+    # loose); each chunk must still reach the key counter once, read whole or in halves.
+    rng = random.Random(seed)
+    _read_in_random_cuts(monkeypatch, rng)
+    records = [
+        timesheet(i, **{"TS-Notes": _nested_note(rng, 1)}) for i in range(rng.randrange(30, 120))
+    ]
+    envelope = sorted(ENVELOPES)[seed % 3]
+    separator = [",", ",\n", " ,\r\n  "][seed // 3 % 3]
+    body = separator.join(json.dumps(r, ensure_ascii=seed % 2 == 0) for r in records)
+    path = tmp_path / "t.json"
+    path.write_text(ENVELOPES[envelope](body), encoding="utf-8")
+    whole, first, second = _whole_and_halves(path)
+    assert whole == records
+    assert first + second == records
+    assert first and second
+
+    # A field truly named twice in a record of the second half is still refused, named.
+    at = rng.randrange(len(first) + len(second) // 2, len(records))
+    description = json.dumps(records[at]["TS-Description"])
+    doubled = body.replace(
+        f'"TS-Description": {description}', f'"TS-Description": {description}, "TS-Date": "x"', 1
+    )
+    assert doubled != body
+    path.write_text(ENVELOPES[envelope](doubled), encoding="utf-8")
+    whole, first, second = _whole_and_halves(path)
+    assert len(first) <= at  # the record is in the second half
+    for read in (whole, first + second):
+        refused = [(i, r) for i, r in enumerate(read) if isinstance(r, RefusedRecord)]
+        assert [(i, r.field) for i, r in refused] == [(at, "TS-Date")]
+        assert "named 2 times" in refused[0][1].reason
+        assert read[:at] + read[at + 1 :] == records[:at] + records[at + 1 :]
 
 
 def test_a_byte_order_mark_is_skipped_by_the_first_half(tmp_path: Path) -> None:

@@ -134,9 +134,9 @@ class JsonGuard:
             structure = b"".join(pieces[::2])
         else:
             in_string = False
+        keyed = structure
         if keys is not None:
             # Colons outside strings are the keys; the depth below is the brackets'.
-            keys.plain(structure, data, in_string)
             structure = structure.translate(None, b":")
         opening = structure.count(b"[") + structure.count(b"{")
         closing = len(structure) - opening
@@ -144,7 +144,12 @@ class JsonGuard:
         inner = structure.replace(b"{}", b"").replace(b"[]", b"")
         deepest = self._depth + inner.count(b"[") + inner.count(b"{") + (inner != structure)
         if deepest > MAX_DEPTH:
+            # Walked instead: _filter gives the walked chunk to the key counter, so it
+            # must not have seen it here (followed twice, its counts and state go wrong).
             return False
+        if keys is not None:
+            # Only now, when the chunk passes as it is: the key counter sees each chunk once.
+            keys.plain(keyed, data, in_string)
         self._in_string = in_string
         self._depth += opening - closing
         return True
