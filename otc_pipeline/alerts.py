@@ -31,13 +31,13 @@ from sqlalchemy.orm import Session
 from .errors import ConfigError
 from .heartbeat import notify_timeout
 from .load import LoadCounts
-from .models import EtlRun
+from .models import ENDED_BADLY, EtlRun, Status
 from .pipeline import RunSummary
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPEAT = 3
-FAILED_STATUSES = ("failed", "interrupted")
+FAILED_STATUSES = ENDED_BADLY
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def alerts_for(
             if summary.run_id is None:  # a dry run, or refused before any run opened
                 continue
             failures, previous_failed = _consecutive_failures(session, summary.view, summary.run_id)
-            if summary.status == "failed":
+            if summary.status == Status.FAILED:
                 if failures == 1:
                     event = "failed"
                 elif failures % settings.repeat == 0:

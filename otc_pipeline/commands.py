@@ -23,7 +23,8 @@ from .errors import (
     OtcError,
     SchemaNotReady,
 )
-from .models import Comment, EtlReject, EtlRun, Ticket, Timesheet
+from .models import COMMITTED, Comment, EtlReject, EtlRun, Ticket, Timesheet
+from .reading import is_api
 from .reconcile import Reconcile, parse_range
 from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
 from .sources.files import ReadOptions
@@ -272,7 +273,7 @@ def load(
     ).checked()
     check_view(view, allow_all=True)
     request = _reconcile_request(view, reconcile, reconcile_range, max_removed)
-    if source != "api":
+    if not is_api(source):
         path = Path(source)
         if not path.exists():
             raise ExportNotFound(
@@ -291,7 +292,7 @@ def load(
 
     monitoring.check_settings()
     between: Callable[[], None] | None = None
-    if source == "api":
+    if is_api(source):
         from .sources import api
 
         settings = api.ApiSettings.from_env()
@@ -307,7 +308,7 @@ def load(
         if view == "all":
             return pipeline.load_all(
                 bind,
-                source if source == "api" else Path(source),
+                source if is_api(source) else Path(source),
                 chunk_size=chunk_size,
                 dry_run=dry_run,
                 progress=progress,
@@ -320,7 +321,7 @@ def load(
             pipeline.load_view(
                 bind,
                 view,
-                source if source == "api" else Path(source),
+                source if is_api(source) else Path(source),
                 chunk_size=chunk_size,
                 dry_run=dry_run,
                 progress=progress,
@@ -530,13 +531,13 @@ def status(
                 ).first()
                 good = session.scalars(
                     select(EtlRun)
-                    .where(EtlRun.view_name == name, EtlRun.load_status.in_(("success", "partial")))
+                    .where(EtlRun.view_name == name, EtlRun.load_status.in_(COMMITTED))
                     .order_by(EtlRun.id.desc())
                     .limit(1)
                 ).first()
                 newest = session.scalar(
                     select(func.max(EtlRun.latest_source_time)).where(
-                        EtlRun.view_name == name, EtlRun.load_status.in_(("success", "partial"))
+                        EtlRun.view_name == name, EtlRun.load_status.in_(COMMITTED)
                     )
                 )
                 rows = session.scalar(select(func.count()).select_from(view.table)) or 0
@@ -574,7 +575,7 @@ def _last_removal(session: Session, view_name: str) -> EtlRun | None:
         .where(
             EtlRun.view_name == view_name,
             EtlRun.removed > 0,
-            EtlRun.load_status.in_(("success", "partial")),
+            EtlRun.load_status.in_(COMMITTED),
         )
         .order_by(EtlRun.id.desc())
         .limit(1)

@@ -26,8 +26,9 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, not_, select
 from sqlalchemy.orm import Session
 
-from .models import EtlRun
+from .models import COMMITTED, ENDED_BADLY, EtlRun, Status
 from .settings import stale_hours
+from .sources.records import API
 from .views import VIEW_ORDER
 
 # A daily cron run plus two hours of slack; then a second missed day.
@@ -35,8 +36,8 @@ DEFAULT_WARN_HOURS = 26.0
 DEFAULT_ERROR_HOURS = 50.0
 
 FRESH, WARN, ERROR, FAILED = "fresh", "warn", "error", "failed"
-GOOD_STATUSES = ("success", "partial")
-FAILED_STATUSES = ("failed", "interrupted")
+GOOD_STATUSES = COMMITTED
+FAILED_STATUSES = ENDED_BADLY
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,9 @@ def view_freshness(
         return session.scalars(query).first()
 
     # A load still running decides nothing yet: the last finished one does.
-    last = latest(EtlRun.load_status != "running")
+    last = latest(EtlRun.load_status != Status.RUNNING)
     good = latest(EtlRun.load_status.in_(GOOD_STATUSES))
-    empty_api = and_(EtlRun.source == "api", EtlRun.records_fetched == 0)
+    empty_api = and_(EtlRun.source == API, EtlRun.records_fetched == 0)
     with_records = latest(EtlRun.load_status.in_(GOOD_STATUSES), not_(empty_api))
     since = with_records.load_end if with_records is not None else None
     # Compared unrounded (a threshold of minutes is honoured), shown to a tenth of an hour.

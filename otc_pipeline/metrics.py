@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from .models import EtlRun
+from .models import COMMITTED, ENDED_BADLY, EtlRun
 from .views import VIEW_ORDER, VIEWS
 
 log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("success", "partial", "failed", "interrupted")
+RUN_STATUSES = (*COMMITTED, *ENDED_BADLY)
 COUNTS = ("fetched", "inserted", "updated", "unchanged", "duplicates", "rejected")
 
 
@@ -82,7 +82,7 @@ def registry_for(engine: Engine) -> CollectorRegistry:
             ).first()
             good = session.scalar(
                 select(func.max(EtlRun.load_end)).where(
-                    EtlRun.view_name == name, EtlRun.load_status.in_(("success", "partial"))
+                    EtlRun.view_name == name, EtlRun.load_status.in_(COMMITTED)
                 )
             )
             last_success.labels(name).set(_timestamp(good))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 
 from sqlalchemy import (
     Boolean,
@@ -31,6 +32,22 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, foreign, mapped_column, rela
 SCHEMA = "servicedesk"
 
 TIMESHEETS_KEY = ("TS-User Username", "TS-Date", "TS-Time From", "TS-Crm ID")
+
+
+class Status(StrEnum):
+    """A run's status (etl_metadata.load_status); a summary's may also be DRY_RUN or MISSING."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    PARTIAL = "partial"  # committed, with rejects
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # its process stopped; marked by the next load of the view
+    DRY_RUN = "dry-run"  # a summary only: nothing was written
+    MISSING = "missing"  # a summary only: `load all` found no export of the view
+
+
+COMMITTED = (Status.SUCCESS, Status.PARTIAL)  # runs whose rows are in the tables
+ENDED_BADLY = (Status.FAILED, Status.INTERRUPTED)
 
 
 class Base(DeclarativeBase):

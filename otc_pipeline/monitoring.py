@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 from . import alerts, metrics
 from .load import LoadCounts
 from .logs import event
+from .models import Status
 from .pipeline import RunSummary, worst_exit_code
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def load_started(view: str, source: str, url: URL) -> None:
 
 def _log_result(summary: RunSummary) -> None:
     counts = {count.name: getattr(summary, count.name) for count in fields(LoadCounts)}
-    if summary.status == "failed":
+    if summary.status == Status.FAILED:
         message = f"{summary.view}: failed — {summary.error}"
         level = logging.WARNING if summary.retry_later else logging.ERROR
     else:

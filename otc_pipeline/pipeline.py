@@ -25,7 +25,7 @@ from .chunks import SplitEnd
 from .db import WRITER, connection, schema_lock
 from .errors import ConfigError, OtcError, SchemaNotReady, SourceError, TemporaryRefusal
 from .load import Load, LoadCounts, start_load
-from .models import EtlRun
+from .models import EtlRun, Status
 from .parse import OTHER_DATE_ORDER, Reject, load_timezone
 from .reading import (
     ReadPlan,
@@ -87,7 +87,7 @@ class RunSummary(LoadCounts):
 
     view: str
     run_id: int | None
-    status: str  # success, partial, failed (or "dry-run")
+    status: Status
     source: str
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -101,7 +101,7 @@ class RunSummary(LoadCounts):
     @property
     def exit_code(self) -> int:
         """0 committed without rejects, 3 committed with rejects, 1 failed, 75 refused for now."""
-        if self.status == "failed":
+        if self.status == Status.FAILED:
             return 75 if self.retry_later else 1
         return 3 if self.rejected else 0
 
@@ -248,7 +248,7 @@ def _run(
     view, source_text = plan.view, plan.source_text
     dry_run = run_id is None
     started = time.monotonic()
-    summary = RunSummary(view=view.name, run_id=run_id, status="running", source=source_text)
+    summary = RunSummary(view=view.name, run_id=run_id, status=Status.RUNNING, source=source_text)
     if progress is not None:
         size = plan.file.stat().st_size if plan.file is not None and plan.file.is_file() else None
         progress.view_started(view.name, source_text, size)
@@ -276,10 +276,12 @@ def _run(
             {"field": name, "reason": reason, "count": count}
             for (name, reason), count in reasons.most_common(TOP_REASONS)
         ]
-        summary.status = "dry-run" if dry_run else ("partial" if summary.rejected else "success")
+        summary.status = (
+            Status.DRY_RUN if dry_run else (Status.PARTIAL if summary.rejected else Status.SUCCESS)
+        )
         if summary.fetched and summary.rejected == summary.fetched:
             # Nothing of the view was written; the rejects stay for `otc rejects`.
-            summary.status = "failed"
+            summary.status = Status.FAILED
             summary.error = _nothing_loaded(summary)
         summary.duration_s = round(time.monotonic() - started, 3)
 
@@ -361,7 +363,7 @@ def _run(
             # Whatever broke off (a signal, a lost connection), the commit happened:
             # the run row, written in the same transaction, says so.
             return summary
-        summary.status = "failed"
+        summary.status = Status.FAILED
         summary.error = stopping.reason(signum) if signum else _error_text(exc, source_text)
         summary.retry_later = isinstance(exc, TemporaryRefusal) and not signum
         summary.warnings.clear()
@@ -412,7 +414,7 @@ def _run_committed(engine: Engine | Connection, summary: RunSummary) -> bool:
             ).scalar()
     except Exception:  # noqa: BLE001 - unknown means not shown as committed
         return False
-    return status is not None and status != "running"
+    return status is not None and status != Status.RUNNING
 
 
 def _refuse_other_date_order(rejects: list[Reject], source_text: str) -> None:
@@ -525,7 +527,7 @@ def missing_view(name: str, folder: Path) -> RunSummary:
     return RunSummary(
         view=name,
         run_id=None,
-        status="missing",
+        status=Status.MISSING,
         source=str(folder),
         warnings=[f"{folder} holds no {name} export ({name}.json, .csv or .xlsx); not loaded"],
     )
@@ -593,7 +595,7 @@ def load_all(
                     RunSummary(
                         view=name,
                         run_id=None,
-                        status="failed",
+                        status=Status.FAILED,
                         source=describe_source(view_source),
                         error=str(exc),
                         retry_later=isinstance(exc, TemporaryRefusal),

@@ -44,6 +44,7 @@ from .sources.files import (
     read_json_part,
     split_json,
 )
+from .sources.records import API
 from .views import VIEW_ORDER, VIEWS, View
 
 # A reload reads a JSON export at least this large in two halves side by side: a
@@ -51,7 +52,6 @@ from .views import VIEW_ORDER, VIEWS, View
 # side (measured on 100k timesheets: reading takes 0.85-0.9 s, the database's
 # staging and comparing about 0.55 s).
 SPLIT_MIN_BYTES = 8 * 1024 * 1024
-API = "api"  # the source that is the OTC API
 
 Source = Path | str | Iterable[Any]
 

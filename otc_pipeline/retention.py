@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.sql import ColumnElement
 
-from .models import EtlReject, EtlRun
+from .models import EtlReject, EtlRun, Status
 
 DEFAULT_BATCH_SIZE = 500
 
@@ -47,7 +47,7 @@ def _prunable(cutoff: datetime) -> ColumnElement[bool]:
     return (
         (ended < cutoff)
         & EtlRun.id.not_in(latest_per_view.scalar_subquery())
-        & ((EtlRun.load_status.is_(None)) | (EtlRun.load_status != "running"))
+        & ((EtlRun.load_status.is_(None)) | (EtlRun.load_status != Status.RUNNING))
     )
 
 

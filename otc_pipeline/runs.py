@@ -1,7 +1,8 @@
 """Run records (etl_metadata) and the per-view lock that keeps loads from interleaving.
 
-Run records are written on their own short transactions, so a run's row is
-committed even when its load rolls back. Times are stored as naive UTC.
+A run opens on its own short transaction and closes inside its load's (see
+pipeline.py), so a run recorded success or partial has committed its rows.
+Times are stored as naive UTC.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .db import (
     try_advisory_lock,
 )
 from .errors import LoadLocked
-from .models import EtlRun
+from .models import COMMITTED, EtlRun, Status
 
 INTERRUPTED_MESSAGE = "the process running this load stopped before it finished"
 
@@ -43,7 +44,7 @@ def _running_description(engine: Engine | Connection, view_name: str) -> str:
     with connection(engine) as conn:
         row = conn.execute(
             select(EtlRun.id, EtlRun.load_start, EtlRun.source)
-            .where(EtlRun.view_name == view_name, EtlRun.load_status == "running")
+            .where(EtlRun.view_name == view_name, EtlRun.load_status == Status.RUNNING)
             .order_by(EtlRun.id.desc())
             .limit(1)
         ).first()
@@ -168,15 +169,15 @@ def open_run(engine: Engine | Connection, view_name: str, source: str) -> int:
     with transaction(engine) as conn:
         conn.execute(
             update(EtlRun)
-            .where(EtlRun.view_name == view_name, EtlRun.load_status == "running")
-            .values(load_status="interrupted", load_end=now, error_message=INTERRUPTED_MESSAGE)
+            .where(EtlRun.view_name == view_name, EtlRun.load_status == Status.RUNNING)
+            .values(load_status=Status.INTERRUPTED, load_end=now, error_message=INTERRUPTED_MESSAGE)
         )
         run_id = conn.execute(
             insert(EtlRun)
             .values(
                 view_name=view_name,
                 source=source,
-                load_status="running",
+                load_status=Status.RUNNING,
                 load_start=now,
                 records_fetched=0,
                 records_inserted=0,
@@ -223,7 +224,7 @@ def close_run(
                 load_status=status,
                 load_end=now,
                 # The legacy freshness column: only a committed load makes the view fresh.
-                last_load_time=now if status in ("success", "partial") else None,
+                last_load_time=now if status in COMMITTED else None,
                 load_duration_seconds=round(duration_s, 3),
                 records_fetched=fetched,
                 records_inserted=inserted,

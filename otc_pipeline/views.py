@@ -135,4 +135,3 @@ def known_view(name: str, *, or_all: bool = False) -> View:
         choices = ", ".join(VIEW_ORDER) + (" or all" if or_all else "")
         raise NotFound(f"unknown view {name!r}; use one of {choices}")
     return VIEWS[name]
-

@@ -241,8 +241,10 @@ def test_alerts_on_failure_on_repeated_failure_and_on_recovery(
         "inserted": 0,
         "updated": 0,
         "unchanged": 5,
+        "stale": 0,
         "duplicates": 0,
         "rejected": 0,
+        "removed": 0,
     }
     assert recovered["text"].startswith("otc: tickets loaded again after failing (run 5, ")
     for received in receiver.received:

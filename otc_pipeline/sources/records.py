@@ -20,3 +20,7 @@ class RefusedRecord:
     value: Any
     reason: str
     record: Any
+
+# The source that is the OTC API, wherever a file could be named (`--from api`),
+# and how etl_metadata.source records it.
+API = "api"
