@@ -145,3 +145,25 @@ def test_quiet_and_verbose_contradict() -> None:
 
 def test_database_url_option_shows_its_variable() -> None:
     assert "env var: OTC_DATABASE_URL" in _help_text(("status",))
+
+
+def test_a_load_imports_no_optional_heavyweights() -> None:
+    """`otc load` at head needs none of Alembic, Rich, httpx or prometheus_client.
+
+    Each is imported where it is used (a migration, a live display, the API or an
+    alert, OTC_METRICS_FILE): on this project's machine Alembic alone (with mako
+    and pygments, imported and unloaded) cost a small `otc load all` 0.2-0.3 s.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import otc_pipeline.cli, otc_pipeline.commands, otc_pipeline.display\n"
+        "import otc_pipeline.monitoring, otc_pipeline.pipeline, otc_pipeline.migrate\n"
+        "otc_pipeline.migrate.head_revision()\n"
+        "heavy = {'alembic', 'rich', 'httpx', 'prometheus_client', 'openpyxl', 'python_calamine'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
