@@ -5,6 +5,7 @@ No load logic lives here; see commands.py and pipeline.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -191,6 +192,18 @@ class OtcTyper(typer.Typer):
     def command(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cls", OtcCommand)
         return super().command(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit:
+            # The process ends here. What it built (SQLAlchemy, the models, Typer's
+            # adapters: ~100k objects) needs no last collection: the interpreter's
+            # collections at exit then skip it. Measured on a small `otc load all`:
+            # 0.2 s less process time (~15%); objects are still released and atexit
+            # handlers (logging, multiprocessing) still run.
+            gc.freeze()
+            raise
 
 
 app = OtcTyper(
