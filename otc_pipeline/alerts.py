@@ -23,7 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import httpx
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
@@ -152,6 +151,8 @@ def alerts_for(
 
 def deliver(payload: dict[str, Any], settings: AlertSettings) -> bool:
     """POST one alert; False (and a logged warning) when the webhook did not take it."""
+    import httpx  # here: a load without OTC_ALERT_WEBHOOK_URL does not import it (~20 ms)
+
     assert settings.webhook_url is not None
     try:
         response = httpx.post(

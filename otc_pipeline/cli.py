@@ -5,13 +5,17 @@ No load logic lives here; see commands.py and pipeline.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import wraps
@@ -28,7 +32,8 @@ import typer  # noqa: E402 - after hide_password, which must come first
 from typer._click import Context, Parameter  # noqa: E402
 from typer._click.core import ParameterSource  # noqa: E402
 from typer._click.exceptions import ClickException, UsageError  # noqa: E402
-from typer.core import TyperCommand, TyperGroup, TyperOption  # noqa: E402
+from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param  # noqa: E402
+from typer.core import TyperCommand, TyperGroup, TyperOption, _TyperParameter  # noqa: E402
 
 from . import heartbeat  # noqa: E402
 from .errors import ConfigError, OtcError  # noqa: E402
@@ -184,6 +189,76 @@ def _no_flag_metavars(params: list[Parameter]) -> None:
             param.metavar = ""
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
+_UNSET = object()
+
+
+def _plain_value(value: Any, descriptor: TypeDescriptor) -> Any:
+    """Typer's coercion of a plain str, int, float or bool value, else _UNSET.
+
+    Typer 0.29 checks every parameter's value with a Pydantic TypeAdapter: importing
+    Pydantic and building the adapters cost each `otc load` ~0.1 s of CPU, measured
+    on this project's machine. A value that plainly is what its parameter wants (the
+    string of a str, the digits of an int within its bounds, a default) gives the
+    very value Pydantic would; anything else, and so every error message, stays
+    Typer's.
+    """
+    annotation, info = descriptor.annotation, descriptor.parameter_info
+    if annotation is str:
+        return value if type(value) is str else _UNSET
+    if annotation is bool:
+        return value if type(value) is bool else _UNSET
+    if annotation is int:
+        if type(value) is str and _INTEGER.fullmatch(value):
+            value = int(value)
+        number: int | float = value if type(value) is int else _UNSET  # type: ignore[assignment]
+    elif annotation is float:
+        if type(value) is str and _DECIMAL.fullmatch(value):
+            value = float(value)
+        number = float(value) if type(value) in (int, float) else _UNSET  # type: ignore[assignment]
+    else:
+        return _UNSET
+    if number is _UNSET or number != number:  # not a number, or NaN: Typer judges
+        return _UNSET
+    if (info.min is not None and number < info.min) or (info.max is not None and number > info.max):
+        return _UNSET  # out of bounds: Typer clamps it or explains the bounds
+    return number
+
+
+@dataclass(frozen=True)
+class _PlainRuntimeParam(RuntimeParam):
+    """Coerces plain values itself, and hands anything else to Typer's own coercion."""
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+        plain = _plain_value(value, param.type_descriptor)
+        if plain is not _UNSET:
+            return plain
+        return build_runtime_param(param.type_descriptor)._coerce_value(value, param, ctx)
+
+
+def _coerce_plainly(params: list[Parameter]) -> None:
+    """Give the plain str, int, float and bool parameters the light coercion above."""
+    for param in params:
+        if not isinstance(param, _TyperParameter) or param._runtime_param is not None:
+            continue
+        descriptor = param.type_descriptor
+        info = descriptor.parameter_info
+        plain = descriptor.annotation in (str, int, float, bool) and not (
+            info.parser is not None
+            or info.clamp
+            or descriptor.is_choice
+            or descriptor.is_path
+            or descriptor.file_annotation is not None
+            or param.nargs != 1
+            or getattr(param, "multiple", False)
+        )
+        if plain:
+            param._runtime_param = _PlainRuntimeParam(
+                parameter_info=info, annotation=descriptor.annotation
+            )
+
+
 class OtcCommand(TyperCommand):
     """Every `otc` command: the global options appended to its own."""
 
@@ -195,6 +270,7 @@ class OtcCommand(TyperCommand):
     def get_params(self, ctx: Context) -> list[Parameter]:
         params = super().get_params(ctx)
         _no_flag_metavars(params)
+        _coerce_plainly(params)
         return params
 
 
@@ -231,6 +307,7 @@ class OtcGroup(TyperGroup):
     def get_params(self, ctx: Context) -> list[Parameter]:
         params = super().get_params(ctx)
         _no_flag_metavars(params)
+        _coerce_plainly(params)
         return params
 
     def make_context(
@@ -274,6 +351,18 @@ class OtcTyper(typer.Typer):
         kwargs.setdefault("cls", OtcCommand)
         return super().command(*args, **kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit:
+            # The process ends here. What it built (SQLAlchemy, the models, Typer's
+            # adapters: ~100k objects) needs no last collection: the interpreter's
+            # collections at exit then skip it. Measured on a small `otc load all`:
+            # 0.2 s less process time (~15%); objects are still released and atexit
+            # handlers (logging, multiprocessing) still run.
+            gc.freeze()
+            raise
+
 
 app = OtcTyper(
     name="otc",
@@ -309,6 +398,29 @@ DatabaseUrlOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print JSON (shapes in the README) instead of text.")
 ]
+
+
+@contextmanager
+def _importing() -> Iterator[None]:
+    """Import the load's modules (SQLAlchemy, the models, the pipeline) without collections.
+
+    Importing them makes ~100k long-lived objects, and the collector would walk them
+    again and again while they are made; afterwards they are frozen, so the load's own
+    collections skip them too. Measured: the imports take 0.08 s less CPU (~17%).
+    Only a process that imports them here freezes (in a test session, the first call):
+    whatever garbage exists at that moment is then never collected.
+    """
+    if "otc_pipeline.commands" in sys.modules:
+        yield
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
 
 
 def fail(message: str, code: int, *, as_json: bool = False) -> None:
@@ -783,8 +895,9 @@ def load(
     signal N (130 Ctrl-C, 143 SIGTERM; 141 the output was closed, as in `| head`).
     With all, the worst code wins: 1, then 75, then 3.
     """
-    from . import commands, logs
-    from .display import LoadDisplay
+    with _importing():
+        from . import commands, logs
+        from .display import LoadDisplay
 
     _warn_of_implicit_default(database_url)
     database = commands.database_name(database_url)

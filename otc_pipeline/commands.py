@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, MetaData, Table, func, inspect, select
 from sqlalchemy.orm import Session
 
@@ -138,6 +137,7 @@ def downgrade_preview(database_url: str | None, revision: str) -> list[str]:
     (PostgreSQL and SQLite both roll back DDL), so the answer is exact.
     """
     from alembic import command
+    from alembic.util import CommandError
 
     _check_revision(revision)
     with _database(database_url) as engine, engine.connect() as conn:
@@ -170,8 +170,10 @@ def downgrade_preview(database_url: str | None, revision: str) -> list[str]:
 def db_stamp(database_url: str | None, revision: str) -> str:
     """Record ``revision`` as the database's without running any migration (Alembic's stamp)."""
     from alembic import command
+    from alembic.util import CommandError
 
     _check_revision(revision)
+    migrate.forget_states()
     with _database(database_url) as engine, engine.begin() as conn:
         before = ", ".join(migrate.current_revisions(conn)) or "none"
         try:

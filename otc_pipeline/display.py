@@ -12,14 +12,18 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from functools import cache
 from types import TracebackType
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from .pipeline import LoadProgress, RunSummary
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
+
+# Rich is imported only for a live display (a terminal): a load under cron or with
+# --json does not pay for it (about 30 ms of imports on this project's machine).
 
 
 def size_text(size: float) -> str:
@@ -36,25 +40,38 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-class _Figures(ProgressColumn):
-    """Percentage, rows, rows/s and ETA of a view; the time left of a wait."""
+@cache
+def _figures_column() -> type[ProgressColumn]:
+    """The column class (made on first use, so that only a live display imports Rich)."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        until = task.fields.get("until")
-        if task.fields.get("kind") == "wait":
-            return Text("" if until is None else f"{_clock(until - time.monotonic())} left")
-        rows = int(task.fields.get("rows", 0))
-        elapsed = task.elapsed or 0.0
-        parts = []
-        if task.total:
-            parts.append(f"{min(task.percentage, 100):3.0f}%")
-        parts.append(f"{rows:,} rows")
-        if elapsed > 0.2:
-            parts.append(f"{rows / elapsed:,.0f} rows/s")
-        remaining = task.time_remaining
-        if task.total and remaining is not None:
-            parts.append(f"ETA {_clock(remaining)}")
-        return Text("  ".join(parts))
+    class Figures(ProgressColumn):
+        """Percentage, rows, rows/s and ETA of a view; the time left of a wait."""
+
+        def render(self, task: Task) -> Text:
+            return Text(_figures_text(task))
+
+    return Figures
+
+
+def _figures_text(task: Any) -> str:
+    """What the figures column shows for a Rich task."""
+    until = task.fields.get("until")
+    if task.fields.get("kind") == "wait":
+        return "" if until is None else f"{_clock(until - time.monotonic())} left"
+    rows = int(task.fields.get("rows", 0))
+    elapsed = task.elapsed or 0.0
+    parts = []
+    if task.total:
+        parts.append(f"{min(task.percentage, 100):3.0f}%")
+    parts.append(f"{rows:,} rows")
+    if elapsed > 0.2:
+        parts.append(f"{rows / elapsed:,.0f} rows/s")
+    remaining = task.time_remaining
+    if task.total and remaining is not None:
+        parts.append(f"ETA {_clock(remaining)}")
+    return "  ".join(parts)
 
 
 class LoadDisplay(LoadProgress):
@@ -75,14 +92,17 @@ class LoadDisplay(LoadProgress):
         self.verbose = verbose
         self._show_result = show_result
         self._began = time.monotonic()
-        self.console = Console(stderr=True, highlight=False)
         self._progress: Progress | None = None
         if live:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+            self.console: Console = Console(stderr=True, highlight=False)
             self._progress = Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(bar_width=24),
-                _Figures(),
+                _figures_column()(),
                 console=self.console,
                 transient=True,
                 redirect_stdout=False,

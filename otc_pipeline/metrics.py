@@ -15,13 +15,16 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from .models import COMMITTED, ENDED_BADLY, EtlRun
 from .views import VIEW_ORDER, VIEWS
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ def _timestamp(value: datetime | None) -> float:
 
 def registry_for(engine: Engine) -> CollectorRegistry:
     """A registry holding every view's gauges, read from etl_metadata and the tables."""
+    from prometheus_client import CollectorRegistry, Gauge
+
     registry = CollectorRegistry()
     labels = ["view"]
     last_success = Gauge(
@@ -127,5 +132,8 @@ def write_metrics(engine: Engine, environ: Mapping[str, str] | None = None) -> P
     path = metrics_path(environ)
     if path is None:
         return None
+    # Imported here: a load without OTC_METRICS_FILE does not pay for it (~10 ms).
+    from prometheus_client import write_to_textfile
+
     write_to_textfile(str(path), registry_for(engine))
     return path

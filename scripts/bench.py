@@ -22,7 +22,13 @@ and dropped here; no other database is touched):
 7. records with varying field sets (--varying-rows, 0 to skip): the same timesheets,
    once with every field (null where blank) and once omitting the null fields, as
    APIs that omit nulls send them, so nearly every record has its own set of fields;
-   a first load and an identical reload of each, and the time ratios.
+   a first load and an identical reload of each, and the time ratios;
+8. the fixed cost of a small load (--small-runs, 0 to skip; --small measures only
+   this): `otc load all` of a folder of 3k tickets, 2k timesheets and 5k comments,
+   a first load (each on a new database) and an identical reload, on PostgreSQL and
+   SQLite, as whole processes (wall and CPU, readers included) against the sum of the
+   three loads' own clocks (`duration_s`); the rest is start-up, imports, the schema
+   check, run records and exit.
 
 Steps 1–3 run --repeat times (default 3; each first load on a fresh database) and
 the medians are reported. Ratios are printed against the targets of the load and
@@ -36,6 +42,7 @@ import csv
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -502,6 +509,97 @@ def sample(folder: Path, rows: int, seed: int) -> Path:
     return folder / "timesheets.json"
 
 
+# --- the fixed cost of a small load ---------------------------------------------------------
+
+SMALL = {"tickets": 3000, "timesheets": 2000, "comments": 5000}
+
+
+@dataclass
+class ProcessTime:
+    wall_s: float
+    cpu_s: float  # user + system of the process and the readers it waited for
+    loads_s: float  # the sum of the views' own clocks (duration_s)
+
+
+def timed_load_all(args: list[str], env: dict[str, str]) -> ProcessTime:
+    """One `otc load all … --json` as a whole process: wall, CPU and the loads' own clocks.
+
+    Timed with a plain wait (no sampling of its memory, which would add up to 50 ms).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"child failed ({done.returncode}): {' '.join(args)}\n{done.stderr}")
+    loads = sum(json.loads(line)["duration_s"] for line in done.stdout.splitlines() if line)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return ProcessTime(wall, cpu, loads)
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _small_url(dialect: str, args: argparse.Namespace, server: Server, work: Path) -> str:
+    """A new empty database of that dialect (PostgreSQL: a throwaway one, dropped at the end)."""
+    if dialect == "postgresql":
+        return url_for(args.server, server.create())
+    return f"sqlite:///{work / f'small-{uuid.uuid4().hex[:8]}.db'}"
+
+
+def small_bench(
+    args: argparse.Namespace, server: Server, env: dict[str, str], work: Path
+) -> dict[str, Any]:
+    """Whole-process time of `otc load all` of a small folder against the loads' own clocks."""
+    folder = work / "small"
+    subprocess.run(
+        [*OTC, "sample", str(folder), *(f"--{k}={v}" for k, v in SMALL.items()), "--seed", "4"],
+        check=True,
+        capture_output=True,
+    )
+    # As an installed otc runs: its modules' bytecode cached (a warm-up run writes it),
+    # not compiled again by every process as PYTHONDONTWRITEBYTECODE would have it.
+    child_env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    sizes = ", ".join(f"{count:,} {view}" for view, count in SMALL.items())
+    print(f"small folder    : {sizes} (JSON); `otc load all --from FOLDER --json`")
+    results: dict[str, Any] = {}
+    runs = args.small_runs
+    for dialect in ("postgresql", "sqlite"):
+
+        def load(url: str) -> ProcessTime:
+            args_ = [*OTC, "load", "all", "--from", str(folder), "--database-url", url, "--json"]
+            return timed_load_all(args_, child_env)
+
+        load(_small_url(dialect, args, server, work))  # warm-up: bytecode, page cache
+        firsts = [load(_small_url(dialect, args, server, work)) for _ in range(runs)]
+        again = _small_url(dialect, args, server, work)
+        load(again)
+        reloads = [load(again) for _ in range(runs)]
+        name = "PostgreSQL" if dialect == "postgresql" else "SQLite"
+        for kind, measured in (("first load", firsts), ("reload", reloads)):
+            wall = _median([m.wall_s for m in measured])
+            cpu = _median([m.cpu_s for m in measured])
+            loads = _median([m.loads_s for m in measured])
+            rest = _median([m.wall_s - m.loads_s for m in measured])
+            print(
+                f"small {kind:<10}: {name:<10} process {wall:.2f} s (CPU {cpu:.2f} s), the "
+                f"three loads' own clocks {loads:.2f} s, the rest {rest:.2f} s "
+                f"({rest / wall:.0%}; medians of {runs})"
+            )
+            key = f"small_{dialect}_{kind.replace(' ', '_')}"
+            results.update(
+                {
+                    f"{key}_s": round(wall, 2),
+                    f"{key}_cpu_s": round(cpu, 2),
+                    f"{key}_loads_s": round(loads, 2),
+                    f"{key}_rest_s": round(rest, 2),
+                }
+            )
+    return results
+
+
 # --- adopt of a production-size legacy database ------------------------------------------
 
 # The legacy servicedesk database as the old scripts built it: keys and the columns
@@ -638,6 +736,18 @@ def main() -> None:
         action="store_true",
         help="only measure `otc db adopt` on a production-size legacy database",
     )
+    parser.add_argument(
+        "--small-runs",
+        type=int,
+        default=5,
+        metavar="N",
+        help="runs of each small-load measurement (median; 0 skips)",
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="only measure the fixed cost of a small `otc load all` (PostgreSQL and SQLite)",
+    )
     parser.add_argument("--adopt-timesheets", type=int, default=850_000, metavar="N")
     parser.add_argument("--adopt-duplicates", type=int, default=4_000, metavar="N")
     parser.add_argument("--adopt-tickets", type=int, default=190_000, metavar="N")
@@ -653,6 +763,10 @@ def main() -> None:
     try:
         if args.adopt:
             results.update(adopt_bench(args, server, env))
+            print(json.dumps(results))
+            return
+        if args.small:
+            results.update(small_bench(args, server, env, work))
             print(json.dumps(results))
             return
         t = time.perf_counter()
@@ -818,6 +932,9 @@ def main() -> None:
 
         if args.api_mb:
             results.update(api_bench(args, server, env))
+
+        if args.small_runs:
+            results.update(small_bench(args, server, env, work))
     finally:
         server.drop_all()
         shutil.rmtree(work, ignore_errors=True)  # the sample exports: 64 MB at 100k rows

@@ -172,3 +172,70 @@ def test_quiet_and_verbose_contradict() -> None:
 
 def test_database_url_option_shows_its_variable() -> None:
     assert "env var: OTC_DATABASE_URL" in _help_text(("status",))
+
+
+def test_a_load_imports_no_optional_heavyweights() -> None:
+    """`otc load` at head needs none of Alembic, Rich, httpx or prometheus_client.
+
+    Each is imported where it is used (a migration, a live display, the API or an
+    alert, OTC_METRICS_FILE): on this project's machine Alembic alone (with mako
+    and pygments, imported and unloaded) cost a small `otc load all` 0.2-0.3 s.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import otc_pipeline.cli, otc_pipeline.commands, otc_pipeline.display\n"
+        "import otc_pipeline.monitoring, otc_pipeline.pipeline, otc_pipeline.migrate\n"
+        "otc_pipeline.migrate.head_revision()\n"
+        "heavy = {'alembic', 'rich', 'httpx', 'prometheus_client', 'openpyxl', 'python_calamine'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_plain_values_are_coerced_as_typer_would() -> None:
+    """The light coercion (no Pydantic) gives Typer's own value, or leaves it to Typer."""
+    from typer._coercion import build_runtime_param
+
+    from otc_pipeline import cli
+
+    command: Any = typer.main.get_command(cli.app)
+    params = [p for name in ("load", "runs", "sample") for p in command.commands[name].params]
+    values = ["10000", "0", "-3", "+4", "1.5", ".5", "2.", "abc", "", " 7", "1e3", "nan", "inf"]
+    values += ["1_000", "٣", 7, 0, 2.5, True, False]
+    checked = 0
+    for param in params:
+        descriptor = param.type_descriptor
+        if descriptor.annotation not in (str, int, float, bool):
+            continue
+        full = build_runtime_param(descriptor)
+        for value in values:
+            plain = cli._plain_value(value, descriptor)
+            if plain is cli._UNSET:
+                continue
+            assert full._coerce_value(value, param, None) == plain
+            assert type(full._coerce_value(value, param, None)) is type(plain)
+            checked += 1
+    assert checked > 20
+
+
+def test_a_load_command_line_needs_no_pydantic() -> None:
+    """Typer 0.29 would import Pydantic (~0.1 s) to check `otc load`'s plain options."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from otc_pipeline import cli\n"
+        "try:\n"
+        "    cli.app(['load', 'all', '--from', '/nonexistent', '--chunk-size', '500',\n"
+        "             '--wait', '1.5', '--json', '-q'], standalone_mode=False)\n"
+        "except Exception:\n"
+        "    pass\n"
+        "print('pydantic' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

@@ -380,3 +380,53 @@ def test_canonical_times_settle_one_entry_and_come_back(empty_engine: Engine) ->
             sa.select(TIMESHEETS).where(TIMESHEETS.c.id == ids[("alice", "7:00")])
         ).one()
     assert (row._mapping["TS-Time From"], row._mapping["TS-Time To"]) == ("7:00", "09:00")
+
+
+def test_revisions_read_from_the_scripts_agree_with_alembic() -> None:
+    """The cheap lookup (the scripts' source, not run) and ScriptDirectory name the same."""
+    scripts = migrate.script_directory()
+    known, heads = migrate.known_revisions()
+    assert known == {script.revision for script in scripts.walk_revisions()}
+    assert heads == set(scripts.get_heads())
+    assert migrate.head_revision() == scripts.get_current_head()
+
+
+def test_a_script_alembic_must_judge_is_left_to_it(tmp_path: Path) -> None:
+    plain = tmp_path / "a.py"
+    plain.write_text('revision: str = "b2"\ndown_revision = ("a1", "a0")\nbranch_labels = None\n')
+    assert migrate._script_revisions(plain) == ("b2", ("a1", "a0"))
+    for source in (
+        'revision = "b2"\ndown_revision = "a1"\nbranch_labels = ("x",)\n',
+        'revision = "b2"\ndown_revision = "a1"\ndepends_on = "c3"\n',
+        'revision = make()\ndown_revision = "a1"\n',
+        'down_revision = "a1"\n',
+    ):
+        plain.write_text(source)
+        assert migrate._script_revisions(plain) is None
+
+
+def test_a_database_at_head_is_read_once_per_engine(empty_engine: Engine) -> None:
+    """A load of all views asks for the state once per view; at head only the first reads."""
+    migrate.upgrade(empty_engine, "head")
+    reads: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "version_num" in statement:
+            reads.append(statement)
+
+    sa.event.listen(empty_engine, "before_cursor_execute", seen)
+    try:
+        assert [migrate.state(empty_engine) for _ in range(3)] == ["head"] * 3
+        assert len(reads) <= 1
+        # Any schema change made here forgets it: the next state is read again.
+        migrate.downgrade(empty_engine, "-1")
+        assert migrate.state(empty_engine) == "behind"
+        assert migrate.state(empty_engine) == "behind"
+        migrate.upgrade(empty_engine, "head")
+        assert migrate.state(empty_engine) == "head"
+        with empty_engine.connect() as conn:  # a caller's connection is always read
+            before = len(reads)
+            assert migrate.state(conn) == "head"
+            assert len(reads) == before + 1
+    finally:
+        sa.event.remove(empty_engine, "before_cursor_execute", seen)
