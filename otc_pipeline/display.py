@@ -140,12 +140,17 @@ class LoadDisplay(LoadProgress):
         if self._progress is not None:
             self._views[view] = self._progress.add_task(view, total=size or None, rows=0)
 
-    def rows_read(self, view: str, rows: int, bytes_read: int | None) -> None:
+    def rows_read(
+        self, view: str, rows: int, bytes_read: int | None, size: int | None = None
+    ) -> None:
         self._end_waits()
         done = f", {size_text(bytes_read)} read" if bytes_read is not None else ""
-        self._say(f"{view}: {rows:,} rows read and staged{done}")
+        of = f" of {size_text(size)}" if size and bytes_read is not None else ""
+        self._say(f"{view}: {rows:,} rows read and staged{done}{of}")
         task = self._views.get(view)
         if self._progress is not None and task is not None:
+            if size:  # an API body's Content-Length, known once the response came
+                self._progress.update(task, total=size)
             if bytes_read is not None:
                 self._progress.update(task, completed=bytes_read, rows=rows)
             else:

@@ -39,7 +39,7 @@ from .reading import (
     read_chunks,
     whole,
 )
-from .readmeter import ReadMeter
+from .readmeter import BodyMeter, ReadMeter, install_body_meter
 from .reconcile import Reconcile
 from .refusals import database_failure
 from .settings import date_order_setting, timezone_name
@@ -65,8 +65,14 @@ class LoadProgress:
     def view_started(self, view: str, source: str, size: int | None) -> None:
         """A view's load begins reading ``source``."""
 
-    def rows_read(self, view: str, rows: int, bytes_read: int | None) -> None:
-        """Another chunk of the view was read and staged: ``rows`` so far."""
+    def rows_read(
+        self, view: str, rows: int, bytes_read: int | None, size: int | None = None
+    ) -> None:
+        """Another chunk of the view was read and staged: ``rows`` so far.
+
+        ``size``: the source's bytes, once known later than view_started (an API body's
+        Content-Length).
+        """
 
     def stage(self, view: str, what: str) -> None:
         """The view's load moved on to ``what`` (e.g. merging the staged rows)."""
@@ -303,9 +309,11 @@ def _run(
             )
             if load.takes_any_order and plan.halves is None and may_split:
                 plan = in_halves(plan)
-            meter = None
+            meter: ReadMeter | BodyMeter | None = None
             if progress is not None and plan.file is not None:
                 meter = ReadMeter(plan.file, plan.reader_starts())
+            elif progress is not None and is_api(plan.source):
+                meter = install_body_meter()  # before the reader forks: it writes there
             chunks = read_chunks(plan)
             # Closed here, not when garbage: a stopped load ends its readers before it
             # records the run (the traceback would keep the generator alive).
@@ -320,7 +328,8 @@ def _run(
                     _refuse_other_date_order(chunk.rejects, source_text)
                     if progress is not None:
                         bytes_read = meter.bytes_read() if meter is not None else None
-                        progress.rows_read(view.name, load.counts.fetched, bytes_read)
+                        size = meter.size() if isinstance(meter, BodyMeter) else None
+                        progress.rows_read(view.name, load.counts.fetched, bytes_read, size)
                     stopping.pause_point("staged", view.name)
             stopping.pause_point("merge", view.name)
             if progress is not None:

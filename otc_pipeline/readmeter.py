@@ -3,14 +3,17 @@
 A view's reader is a child process of the load (see pipeline.py, which names them
 ``otc-read-*``); the position of its open file is in ``/proc/<pid>/fdinfo`` on Linux,
 so the load learns how many bytes were read without a word from the reader.
-Elsewhere, for the API, or if readers cannot be seen, the answer is None and a
-progress display shows counts only.
+Elsewhere, or if readers cannot be seen, the answer is None and a progress
+display shows counts only. An API body's progress comes from the reader itself,
+through a :class:`BodyMeter` it inherits.
 """
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
+import struct
 from pathlib import Path
 
 READER_PREFIX = "otc-read-"
@@ -65,3 +68,45 @@ class ReadMeter:
             del self._fds[pid]
             return self._position(pid)
         return None
+
+
+class BodyMeter:
+    """Bytes of an API response body received so far, and its Content-Length, if any.
+
+    The loading process makes one (see :func:`install_body_meter`) before its reader
+    forks; the reader's HTTP client writes into it: a shared anonymous page, so the
+    figures cross the fork with no message and no lock (two 8-byte numbers, written
+    by one process, read by the other).
+    """
+
+    def __init__(self) -> None:
+        self._shared = mmap.mmap(-1, 16)
+        self.received(0, None)
+
+    def received(self, done: int, total: int | None) -> None:
+        """The reader's side: ``done`` bytes of a body of ``total`` (None: not said)."""
+        struct.pack_into("qq", self._shared, 0, done, -1 if total is None else total)
+
+    def bytes_read(self) -> int:
+        done, _ = struct.unpack_from("qq", self._shared, 0)
+        return int(done)
+
+    def size(self) -> int | None:
+        """The body's Content-Length, once the response has said it."""
+        _, total = struct.unpack_from("qq", self._shared, 0)
+        return None if total < 0 else int(total)
+
+
+_body_meter: BodyMeter | None = None
+
+
+def install_body_meter() -> BodyMeter:
+    """A meter for the next API body this process (or a reader it forks) receives."""
+    global _body_meter
+    _body_meter = BodyMeter()
+    return _body_meter
+
+
+def body_meter() -> BodyMeter | None:
+    """The meter a reader reports its body's progress to (None: nobody is watching)."""
+    return _body_meter

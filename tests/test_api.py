@@ -600,3 +600,38 @@ def test_load_all_goes_on_after_a_failed_view_keeps_the_gap_and_exits_1(
     starts = [r.at for r in server.seen]
     assert len(starts) == 3
     assert all(b - a >= 0.5 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_an_api_load_reports_its_body_s_progress_against_content_length(
+    server: OtcServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: Any
+) -> None:
+    """The reader, a forked process, tells the loading one how much of the body arrived."""
+    from otc_server import body_chunks
+
+    from otc_pipeline.pipeline import LoadProgress, load_view
+
+    for name, value in small_limits(server, tmp_path / "state").items():
+        monkeypatch.setenv(name, value)
+    body = b"".join(body_chunks(comment_records(3000)))
+    # With a Content-Length, sent in pieces so that rows arrive while the body does.
+    server.queue(Reply(body=body, trickle_s=0.002, trickle_bytes=32 * 1024))
+    seen: list[tuple[int, int | None, int | None]] = []
+
+    class Watching(LoadProgress):
+        def rows_read(
+            self, view: str, rows: int, bytes_read: int | None, size: int | None = None
+        ) -> None:
+            seen.append((rows, bytes_read, size))
+
+    summary = load_view(engine, "comments", "api", chunk_size=250, progress=Watching())
+    assert summary.status == "success" and summary.inserted == 3000
+    assert {size for _, _, size in seen} == {len(body)}
+    done = [bytes_read or 0 for _, bytes_read, _ in seen]
+    assert done == sorted(done) and done[0] < len(body) and done[-1] == len(body)
+
+    # Without one (the body streamed until the connection ends): bytes, and no total.
+    seen.clear()
+    server.views["comments"] = comment_records(2000)
+    load_view(engine, "comments", "api", chunk_size=250, progress=Watching())
+    assert {size for _, _, size in seen} == {None}
+    assert (seen[-1][1] or 0) > 100_000

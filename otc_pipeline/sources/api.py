@@ -56,6 +56,7 @@ from tenacity import (
 
 from .. import __version__
 from ..errors import ApiError, ApiRejected, ApiUnavailable, ConfigError, first_line
+from ..readmeter import body_meter
 from ..settings import mask_url_text, parses_cleanly
 from ..views import known_view
 from .json_guard import JsonGuard
@@ -487,6 +488,11 @@ class _Body:
         # Until the envelope is known this one guards the sniffer; then a guard told the
         # records' prefix reads the body again from its start (see _parse).
         self._guard = JsonGuard()
+        # Where the loading process watches the body arrive (a progress bar), if it does:
+        # bytes off the wire, as Content-Length counts them (compressed or not).
+        self._meter = body_meter()
+        length = response.headers.get("content-length", "")
+        self._length = int(length) if length.isdigit() else None
 
     def _next_chunk(self) -> bytes | None:
         try:
@@ -494,6 +500,8 @@ class _Body:
                 if time.monotonic() > self._deadline:
                     raise _Transient(_deadline_reason(self._settings))
                 if chunk:
+                    if self._meter is not None:
+                        self._meter.received(self.response.num_bytes_downloaded, self._length)
                     return chunk
         except httpx.TransportError as exc:
             raise _Transient(_transport_reason(exc, self._settings)) from None
