@@ -27,7 +27,17 @@ DONE = {"Closed", "Incident Resolved"}
 TICKET_COLUMNS = [c.name for c in Ticket.__table__.columns]
 
 COLUMNS = {
-    "v_data_freshness": ["view_name", "last_loaded", "age", "latest_data_date", "total_records"],
+    # The five legacy columns first (BI reports read them by position), then the last removal.
+    "v_data_freshness": [
+        "view_name",
+        "last_loaded",
+        "age",
+        "latest_data_date",
+        "total_records",
+        "last_removal_run_id",
+        "last_removal_at",
+        "last_removal_rows",
+    ],
     "v_orphaned_data": ["source", "count"],
     "v_user_activity": [
         "full_name",
@@ -47,6 +57,9 @@ PG_TYPES = {
         "interval",
         "timestamp without time zone",
         "bigint",
+        "integer",
+        "timestamp without time zone",
+        "integer",
     ],
     "v_orphaned_data": ["text", "integer"],
     "v_user_activity": [
