@@ -22,7 +22,7 @@ from .errors import (
     OtcError,
     SchemaNotReady,
 )
-from .models import COMMITTED, Comment, EtlReject, EtlRun, Ticket, Timesheet
+from .models import COMMITTED, EtlReject, EtlRun, Ticket
 from .reading import is_api
 from .reconcile import Reconcile, parse_range
 from .settings import DatabaseSetting, database_setting, date_order_setting, mask_url
@@ -589,18 +589,15 @@ def _ended(run: EtlRun) -> Any:
 
 
 def _orphans(session: Session, view_name: str) -> int | None:
-    """Rows whose ticket is not in tickets (None for tickets itself)."""
-    if view_name == "timesheets":
-        ref = Timesheet.crm_id
-    elif view_name == "comments":
-        ref = Comment.ticket_id
-    else:
+    """Rows whose ticket is not in tickets (None for a view whose rows name no ticket)."""
+    view = VIEWS[view_name]
+    if view.ticket_reference is None:
         return None
+    ref = view.table.c[view.ticket_reference]
     exists_ticket = select(Ticket.ticket_id).where(Ticket.ticket_id == ref).exists()
-    table = Timesheet if view_name == "timesheets" else Comment
     return int(
         session.scalar(
-            select(func.count()).select_from(table).where(ref.is_not(None), ~exists_ticket)
+            select(func.count()).select_from(view.table).where(ref.is_not(None), ~exists_ticket)
         )
         or 0
     )
