@@ -264,17 +264,11 @@ PR_SET_PDEATHSIG = 1
 def _become_reader(sender: Connection_, parent_pid: int, title: str) -> None:
     """First steps of a reading process: hold nothing of the parent's, end with it.
 
-    Readers are forked: measured here, a forked reader starts in 0.06 s, one from
-    a forkserver in 0.06 s after 3.2 s for the server's own start, a spawned one
-    in 4-5 s (each imports SQLAlchemy again). So a reader lets go here of every
-    descriptor it inherited: the parent's database sockets (after a kill -9 of
-    the parent the server must see its sessions end, and their locks with them),
-    the SQLite lock file, and the reading ends of the parent's pipes — its own
-    included, so that a send after the parent's death fails (EPIPE) instead of
-    blocking for ever. Each is pointed at /dev/null rather than closed: an
-    inherited object that closes its descriptor later then closes nothing a
-    reader opened since. On Linux the kernel also kills the reader the moment
-    its parent dies, whatever the reader is doing.
+    A reader is forked (0.06 s to start; a spawned one takes 4-5 s), so it inherits
+    the parent's descriptors: each is pointed at /dev/null (not closed: an inherited
+    object closing its descriptor later then closes nothing of the reader's), so
+    that a kill -9 of the parent ends its sessions and locks, and a send after the
+    parent's death fails instead of blocking. docs/design.md says more.
     """
     for signum in stopping.STOP_SIGNALS:
         # Ctrl-C and `timeout` signal the whole process group: the parent decides.
@@ -347,20 +341,13 @@ def _produce(sender: Connection_, parent_pid: int, plan: ReadPlan, half: str | N
 def _from_readers(plan: ReadPlan) -> Generator[ParsedChunk | SplitEnd, None, None]:
     """Parsed chunks from child processes, so reading and parsing run beside the database.
 
-    One process reads the whole source, or two the halves of a JSON export. The parent spends its time staging and merging (COPY on
-    PostgreSQL, executemany on SQLite), the children in ijson, csv and the
-    coercions: on two cores the load takes about as long as the slower side
-    (measured on SQLite too: a 100k-row reload 2.8 s in one process, 2.1 s with
-    the reader). Each pipe holds one chunk, so memory stays flat whichever side
-    is slower. (Two readers that each parse every other chunk measured no faster:
-    each still streams the whole file. Halves split the file itself.)
-
-    Chunks of the halves come in any order: the loader places them by position.
-    Once both are read, a :class:`SplitEnd` gives the first half's count of records
-    (which places the second half's positions) and the second half's keys that may
-    repeat the first half's. A failure of the first half means the split was
-    wrong, or the file is; either way :class:`SplitRefuted` says to read it whole.
-    A failure of the second half counts only once the first has proved the split.
+    One process reads the whole source, or two the halves of a JSON export; on two
+    cores a load takes about as long as the slower side (a 100k-row SQLite reload:
+    2.8 s in one process, 2.1 s with a reader). Each pipe holds one chunk, so memory
+    stays flat whichever side is slower. Chunks of the halves come in any order; a
+    :class:`SplitEnd` ends them. A failure of the first half means the split was
+    wrong (or the file is): :class:`SplitRefuted` says to read it whole. A failure of
+    the second half counts only once the first has proved the split.
     """
     view, source_text = plan.view, plan.source_text
     context = multiprocessing.get_context("fork")
