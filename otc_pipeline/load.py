@@ -327,7 +327,8 @@ class MergeAtEnd(Load):
         dropped = merge.drop_repeats(maybe_repeats)
         self.counts.duplicates += dropped
         if is_empty(self.conn, self.view):
-            merge.analyze()
+            # Nothing to compare with: chunk by chunk, each an index range of the stage
+            # (no ANALYZE: measured 0.17 s of a 48k-row API first load, for no better plan).
             for chunk in self._chunks:
                 written = self._merged(chunk, None)
                 self.counts.inserted += written.inserted
