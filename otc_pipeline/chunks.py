@@ -26,6 +26,7 @@ _SEEN_BITS = 1 << 26
 # Positions of a split source's second half start here, above any real position,
 # until the first half's count of records says what they are (see SecondHalf).
 SECOND_HALF = 1 << 40
+_MISSING = object()
 
 
 def stage_columns(view: View) -> tuple[str, ...]:
@@ -97,7 +98,10 @@ class ChunkEncoder:
         self.key_hashes: array[int] | None = array("q") if keep_key_hashes else None
         # Per set of plan columns: its column set, as a number and as COPY text, and
         # where each staged column is among the plan's (None: the same columns).
-        self._layouts: dict[tuple[str, ...], tuple[int, str, itemgetter[Any] | None]] = {}
+        self._layouts: dict[
+            tuple[tuple[str, ...], tuple[str, ...] | None], tuple[int, str, itemgetter[Any] | None]
+        ] = {}
+        self._spreads: dict[tuple[str, ...], Any] = {}  # per set of plan columns
         # One bit per key hash seen (8 MB): a key whose bit is already set may repeat
         # an earlier chunk's, and only those are looked for in the stage. A clear bit
         # proves a key is new; a set one is a false alarm for about 1.5% of keys at
@@ -165,22 +169,26 @@ class ChunkEncoder:
     def _use(self, plan: Plan) -> None:
         """Make ``plan`` the current one: how its rows are laid out, and their key."""
         assert plan.key_of is not None  # rows come from plans that have every key field
-        layout = self._layouts.get(plan.columns)
+        layout = self._layouts.get((plan.columns, plan.carried))
         if layout is None:
-            carried = set(plan.columns)
+            carried = set(plan.carried or plan.columns)
             column_set = sum(1 << i for i, c in enumerate(self.columns) if c in carried)
-            # Each staged column from the plan's values; an absent one from one more, NULL.
-            absent = len(plan.columns)
-            spread = (
-                None
-                if plan.columns == self.columns
-                else itemgetter(
-                    *[plan.columns.index(c) if c in carried else absent for c in self.columns]
+            spread = self._spreads.get(plan.columns, _MISSING)
+            if spread is _MISSING:
+                # Each staged column from the plan's values; an absent one from one more, NULL.
+                within = set(plan.columns)
+                absent = len(plan.columns)
+                spread = self._spreads[plan.columns] = (
+                    None
+                    if plan.columns == self.columns
+                    else itemgetter(
+                        *[plan.columns.index(c) if c in within else absent for c in self.columns]
+                    )
                 )
-            )
             if len(self._layouts) >= 4096:  # a source of ever new sets: keep memory flat
                 self._layouts.clear()
-            layout = self._layouts[plan.columns] = (column_set, str(column_set), spread)
+            layout = (column_set, str(column_set), spread)
+            self._layouts[(plan.columns, plan.carried)] = layout
         self._column_sets.add(layout[0])
         self._plan, self._layout, self._key_of = plan, layout, plan.key_of
 
