@@ -21,11 +21,12 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .version import __version__
+
 if TYPE_CHECKING:
     from .freshness import ViewFreshness
     from .pipeline import Progress, RunSummary
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "check_freshness", "exit_code", "load"]
 
 

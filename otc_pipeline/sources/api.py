@@ -54,10 +54,10 @@ from tenacity import (
     wait_random,
 )
 
-from .. import __version__
 from ..errors import ApiError, ApiRejected, ApiUnavailable, ConfigError, first_line
 from ..readmeter import body_meter
 from ..settings import mask_url_text, parses_cleanly
+from ..version import __version__
 from ..views import known_view
 from .json_guard import JsonGuard
 
