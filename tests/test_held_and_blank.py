@@ -102,3 +102,45 @@ def test_a_held_view_keeps_out_its_own_loads_only(engine: Engine) -> None:
     with engine.begin() as conn:  # the rows are there, once each
         conn.execute(update(Timesheet).values(description="seen"))
         assert conn.scalar(select(Ticket.ticket_id)) == 1
+
+
+def test_a_first_load_that_finds_rows_at_its_first_merge_changes_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer filled the table between the first load's look and its first merge:
+    the load is refused for now (exit 75) and the next run compares."""
+    import importlib
+
+    # The module, not the package's load() function of the same name.
+    load = importlib.import_module("otc_pipeline.load")
+    pipeline.load_view(engine, "tickets", [ticket(1, **{"TKT-Status": "Closed"})])
+    monkeypatch.setattr(load, "table_looks_empty", lambda conn, view: True)  # the race
+    summary = pipeline.load_view(engine, "tickets", [ticket(1), ticket(2)])
+    assert (summary.status, summary.exit_code) == ("failed", 75)
+    assert summary.error is not None and "run the load again" in summary.error
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        assert conn.execute(select(Ticket.ticket_id, Ticket.status)).all() == [(1, "Closed")]
+    again = pipeline.load_view(engine, "tickets", [ticket(1), ticket(2)])
+    assert (again.status, again.inserted, again.updated) == ("success", 1, 1)
+
+
+def test_a_reload_that_writes_other_than_it_sent_fails_and_commits_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every compared row sent to the upsert must be written; a miscount is never papered over."""
+    from otc_pipeline import merge
+
+    pipeline.load_view(engine, "tickets", [ticket(1), ticket(2)])
+    upsert = merge.Merge._upsert
+
+    def one_short(self: merge.Merge, *args: object, **kwargs: object) -> merge.Written:
+        written = upsert(self, *args, **kwargs)  # type: ignore[arg-type]
+        written.written -= 1 if written.written else 0
+        return written
+
+    monkeypatch.setattr(merge.Merge, "_upsert", one_short)
+    summary = pipeline.load_view(engine, "tickets", [ticket(1, **{"TKT-Status": "Closed"})])
+    assert summary.status == "failed" and "sent to the upsert" in (summary.error or "")
+    with engine.connect() as conn:
+        assert set(conn.scalars(select(Ticket.status))) == {"Open"}
