@@ -257,10 +257,12 @@ class SecondHalf:
 
     first_half_records: int
 
-    def source_position(self, position: int) -> int:
-        """A row's real position in its source."""
-        if position <= SECOND_HALF:
-            return position
+    def in_second_half(self, position: Any) -> Any:
+        """Whether a provisional position is the second half's (a number or a column)."""
+        return position > SECOND_HALF
+
+    def source_position(self, position: Any) -> Any:
+        """A second half's provisional position as its real one (a number or a column)."""
         return position - SECOND_HALF + self.first_half_records
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, Connection, insert, select, update
 
-from .chunks import SECOND_HALF, ParsedChunk, SplitEnd
+from .chunks import ParsedChunk, SplitEnd
 from .db import WRITER
 from .errors import TemporaryRefusal
 from .merge import Merge, Written, is_empty, lock_target
@@ -167,12 +167,11 @@ class Load:
         rejects = self._rejects
         if self._renumber is not None:
             # Rejects of the second half were stored at provisional positions.
-            first_half = self._renumber.second_half.first_half_records
-            position = rejects.c.source_position
+            second_half, position = self._renumber.second_half, rejects.c.source_position
             self.conn.execute(
                 update(rejects)
-                .where(position > SECOND_HALF)
-                .values(source_position=position - SECOND_HALF + first_half)
+                .where(second_half.in_second_half(position))
+                .values(source_position=second_half.source_position(position))
             )
         names = [c.key for c in rejects.columns]
         self.conn.execute(insert(EtlReject).from_select(names, select(rejects)))
@@ -290,7 +289,7 @@ class MergeAtEnd(Load):
         self, conn: Connection, view: View, run_id: int | None, reconcile: Reconcile | None
     ) -> None:
         super().__init__(conn, view, run_id)
-        self.reconcile = reconcile
+        self.reconcile_request = reconcile
         self._chunks: list[_Chunk] = []
         self._column_sets: set[int] = set()
         self._staged_rows = 0
@@ -303,21 +302,21 @@ class MergeAtEnd(Load):
     def finish_merging(self) -> None:
         lock_target(self.conn, self.view)
         if not self._chunks:
-            if self.reconcile is not None:
+            if self.reconcile_request is not None:
                 self.warnings.append("--reconcile removed nothing: the source held no rows")
             return
         self._merge_all()
-        if self.reconcile is not None:
+        if self.reconcile_request is not None:
             outcome = reconcile(
                 self.conn,
                 self.view,
                 self.stage,
-                self.reconcile,
+                self.reconcile_request,
                 run_id=self.run_id,
                 rejected=self.counts.rejected,
             )
             self.counts.removed = outcome.removed
-            self.warnings.extend(outcome.warnings or [])
+            self.warnings.extend(outcome.warnings)
 
     def _merge_all(self) -> None:
         merge = self.merge

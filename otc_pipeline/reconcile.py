@@ -10,7 +10,7 @@ that failed, had rejects, or would remove more than ``max_removed`` rows.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -56,8 +56,10 @@ def parse_range(text: str) -> tuple[date, date]:
 
 @dataclass
 class Outcome:
+    """What a reconcile did: rows removed, and what the run's summary should say."""
+
     removed: int = 0
-    warnings: list[str] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def reconcile(

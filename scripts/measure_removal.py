@@ -27,15 +27,11 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    MetaData,
     Table,
     delete,
     event,
@@ -47,14 +43,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 
 from otc_pipeline import migrate, removal
+from otc_pipeline.chunks import COLUMN_SET, KEY_HASH, POSITION
 from otc_pipeline.db import make_engine
-from otc_pipeline.load import _key_match
+from otc_pipeline.merge import ONE_HASH_JOIN, key_match, planned
+from otc_pipeline.stage import Stage
 from otc_pipeline.views import TIMESHEETS
 
 ADMIN = os.environ.get("OTC_TEST_DATABASE_URL") or (
     "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
-COMPARE_SETTINGS = {"enable_nestloop": "off", "enable_mergejoin": "off", "work_mem": "'64MB'"}
 
 FILL = """
 INSERT INTO servicedesk.timesheets ("TS-User Username", "TS-User Full Name", "TS-Date",
@@ -74,35 +71,18 @@ FROM generate_series(0, :rows - 1) AS n
 
 
 def stage_table(conn: Connection) -> Table:
-    columns = [
-        Column("otc_position", BigInteger, nullable=False),
-        Column("otc_column_set", BigInteger, nullable=False),
-        Column("otc_key_hash", BigInteger, nullable=False),
-        *(Column(c.key, c.type) for c in TIMESHEETS.table.columns if c.key != "id"),
-    ]
-    stage = Table("otc_stage_timesheets", MetaData(), *columns, prefixes=["TEMPORARY"])
-    stage.create(conn)
-    names = [c.key for c in TIMESHEETS.table.columns if c.key != "id"]
+    """The loader's own stage of the timesheets, filled from the table as a reload stages it."""
+    stage = Stage(conn, TIMESHEETS, indexed=True).table
+    names = [c for c in stage.c.keys() if c not in (POSITION, COLUMN_SET, KEY_HASH)]
     quoted = ", ".join(f'"{n}"' for n in names)
     rekeyed = """CASE WHEN mod(id, 200) = 3 THEN '23:59' ELSE "TS-Time From" END"""
     values = ", ".join(rekeyed if n == "TS-Time From" else f'"{n}"' for n in names)
     # Every row but 1% (deleted in OTC); 0.5% with another start time (re-keyed).
     conn.exec_driver_sql(
-        "INSERT INTO otc_stage_timesheets (otc_position, otc_column_set, otc_key_hash, "  # noqa: S608
+        f'INSERT INTO {stage.name} ("{POSITION}", "{COLUMN_SET}", "{KEY_HASH}", '  # noqa: S608
         f"{quoted}) SELECT id, 0, id, {values} FROM servicedesk.timesheets WHERE mod(id, 100) <> 7"
     )
     return stage
-
-
-@contextmanager
-def settings(conn: Connection, values: dict[str, str]) -> Iterator[None]:
-    for name, value in values.items():
-        conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
-    try:
-        yield
-    finally:
-        for name in values:
-            conn.exec_driver_sql(f"RESET {name}")
 
 
 class StatementClock:
@@ -171,9 +151,9 @@ def main() -> None:
             return low, high
 
         def anti_join(conn: Connection, stage: Table) -> int:
-            with settings(conn, COMPARE_SETTINGS):
+            with planned(conn, ONE_HASH_JOIN):
                 carried = (
-                    select(literal(1)).select_from(stage).where(_key_match(live, stage, TIMESHEETS))
+                    select(literal(1)).select_from(stage).where(key_match(live, stage, TIMESHEETS))
                 )
                 return int(
                     conn.execute(
@@ -198,14 +178,14 @@ def main() -> None:
             low, high = low_high(conn, stage)
             removed = removal.removed_table(TIMESHEETS)
             carried = (
-                select(literal(1)).select_from(stage).where(_key_match(live, stage, TIMESHEETS))
+                select(literal(1)).select_from(stage).where(key_match(live, stage, TIMESHEETS))
             )
             in_range = live.c["TS-Date"].between(low, high)
             columns = removal.live_columns(TIMESHEETS)
             rows = select(
                 *(live.c[c] for c in columns), literal(1), func.now(), literal("b")
             ).where(in_range, ~carried.exists())
-            with settings(conn, COMPARE_SETTINGS):
+            with planned(conn, ONE_HASH_JOIN):
                 conn.execute(
                     removed.insert().from_select(
                         [*columns, "removed_run_id", "removed_at", "removed_reason"], rows
